@@ -1,0 +1,27 @@
+//! `barman-wal-restore`: PostgreSQL's restore_command. Parses the command
+//! line and hands it to the library; everything else lives there.
+
+use barman_wal_restore::{cli::RestoreArgs, exit, restore, shutdown};
+use clap::Parser;
+
+fn main() {
+    let args = RestoreArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ERROR: cannot start the async runtime: {e}");
+            std::process::exit(exit::LOCAL);
+        }
+    };
+    let code = runtime.block_on(async {
+        shutdown::exit_on_signals();
+        restore::run(&args).await
+    });
+    // Leave without waiting for blocking threads: every transfer has ended.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}

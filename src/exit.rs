@@ -1,0 +1,108 @@
+//! Exit codes: the one place that decides what PostgreSQL is told.
+//!
+//! PostgreSQL reads a restore_command's status as: 0 the file is at `%p`;
+//! 1..=125 "not available, try later or elsewhere"; above 125, or death by a
+//! signal other than SIGTERM, aborts recovery. Every failure in this crate is
+//! a [`Failure`], and [`Failure::exit_code`] is the only mapping to a status,
+//! so no path can leak OpenSSH's 255 or a remote shell's 127.
+
+use std::fmt;
+
+/// The file is at its destination.
+pub const SUCCESS: i32 = 0;
+/// Barman does not have the file (or refused to give it).
+pub const NOT_AVAILABLE: i32 = 1;
+/// Connection, authentication, host key or transport failure.
+pub const CONNECTION: i32 = 2;
+/// A local problem: bad argument, unwritable destination, unusable spool.
+pub const LOCAL: i32 = 3;
+/// Interrupted by SIGINT (128 + 2): the shell convention.
+pub const INTERRUPTED: i32 = 130;
+/// Terminated by SIGTERM (128 + 15): PostgreSQL expects it during shutdown.
+pub const TERMINATED: i32 = 143;
+
+/// Why a call did not deliver the file. The message is printed after
+/// `ERROR: ` as one line; it names the WAL, host or path involved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Barman answered that it does not have the file (its own "not found").
+    NotFound(String),
+    /// The remote command failed with a status of its own; `status` is
+    /// clamped into 1..=125 by [`Failure::exit_code`].
+    Remote { status: i32, message: String },
+    /// We received bytes but they are not a good copy (bad compression
+    /// stream, not WAL, wrong segment): the archive has no usable copy.
+    BadPayload(String),
+    /// Could not reach, authenticate to or stay connected to the Barman host.
+    Connection(String),
+    /// Something on this machine is wrong; retrying the same call won't help.
+    Local(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::NotFound(_) | Failure::BadPayload(_) => NOT_AVAILABLE,
+            Failure::Remote { status, .. } => clamp_remote_status(*status),
+            Failure::Connection(_) => CONNECTION,
+            Failure::Local(_) => LOCAL,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::NotFound(m)
+            | Failure::BadPayload(m)
+            | Failure::Connection(m)
+            | Failure::Local(m) => m,
+            Failure::Remote { message, .. } => message,
+        }
+    }
+
+    /// Whether trying the same thing again could succeed: transport failures
+    /// are retried within a call; answers from Barman are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Failure::Connection(_))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Maps a remote command's exit status into what PostgreSQL reads as "not
+/// available": Barman's own 1..=125 pass through (as the Python original
+/// does), anything else (127 for a missing `barman`, 128+n after a signal,
+/// OpenSSH-style 255) becomes 1.
+pub fn clamp_remote_status(status: i32) -> i32 {
+    if (1..=125).contains(&status) {
+        status
+    } else {
+        NOT_AVAILABLE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_failure_maps_above_125_or_to_zero() {
+        for status in [-1, 0, 1, 2, 3, 125, 126, 127, 128, 255, 256, 1000] {
+            let code = Failure::Remote {
+                status,
+                message: String::new(),
+            }
+            .exit_code();
+            assert!((1..=125).contains(&code), "{status} -> {code}");
+        }
+        assert_eq!(clamp_remote_status(3), 3);
+        assert_eq!(clamp_remote_status(127), 1);
+        assert_eq!(Failure::Connection("x".into()).exit_code(), CONNECTION);
+        assert_eq!(Failure::Local("x".into()).exit_code(), LOCAL);
+    }
+}

@@ -1,0 +1,317 @@
+//! Fetch orchestration: files from Barman to their final names, over the
+//! exec channels of one session.
+//!
+//! [`Fetcher::transfer`] moves one file (one `barman get-wal` channel, decoded
+//! as it arrives, validated, then renamed into place). [`Fetcher::prefetch`]
+//! keeps up to N of those in flight for a list of names, a sliding window
+//! rather than batches, treating a refused channel (OpenSSH's `MaxSessions`)
+//! as back-pressure. A one-shot restore_command call and a long-lived
+//! background prefetcher use the same two operations.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore};
+
+use crate::decode::{DecodeError, DecodeSink, Format};
+use crate::exit::Failure;
+use crate::remote::{parse_peek, BarmanServer, Transfer};
+use crate::spool::{self, Spool, TempFile};
+use crate::ssh::{ExecChannel, OpenError, Session};
+use crate::validate;
+use crate::wal::{WalKind, WalName};
+
+/// How files are asked for and checked.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// What the user asked the server to send. [`Transfer::KeepCompression`]
+    /// is also what we choose by default (see [`FetchOptions::auto_keep`]).
+    pub transfer: Transfer,
+    /// We chose `--keep-compression` ourselves: fall back to a plain
+    /// `get-wal` when the server rejects the flag (Barman before 3.12).
+    pub auto_keep: bool,
+    /// Ask for `.partial` files too (`-P`).
+    pub partial: bool,
+    /// Check WAL headers before delivering (`--no-verify` turns it off).
+    pub verify: bool,
+    pub verbose: bool,
+}
+
+/// What one transfer delivered.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub wal: WalName,
+    pub path: PathBuf,
+    pub format: Format,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub elapsed: Duration,
+}
+
+/// Fetches files over one session. Cheap to share behind an `Arc`.
+pub struct Fetcher {
+    session: Arc<Session>,
+    server: BarmanServer,
+    options: FetchOptions,
+    /// Signalled whenever one of our channels ends: a refused open waits
+    /// for it before trying again.
+    slot_freed: Notify,
+    /// Set once the server rejected `--keep-compression`.
+    keep_rejected: AtomicBool,
+    /// The system identifier of the first segment delivered: every later
+    /// segment of this fetcher must share it.
+    system_identifier: Mutex<Option<u64>>,
+}
+
+/// The longest pause between two tries of a refused channel open; a freed
+/// slot normally wakes the waiter well before.
+const REFUSED_RETRY_MAX: Duration = Duration::from_millis(200);
+
+impl Fetcher {
+    pub fn new(session: Arc<Session>, server: BarmanServer, options: FetchOptions) -> Fetcher {
+        Fetcher {
+            session,
+            server,
+            options,
+            slot_freed: Notify::new(),
+            keep_rejected: AtomicBool::new(false),
+            system_identifier: Mutex::new(None),
+        }
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn server(&self) -> &BarmanServer {
+        &self.server
+    }
+
+    pub fn options(&self) -> &FetchOptions {
+        &self.options
+    }
+
+    /// Opens an exec channel, waiting while the server refuses new channels,
+    /// for at most the io timeout.
+    async fn exec(&self, command: &str) -> Result<ExecChannel, Failure> {
+        let deadline = Instant::now() + self.session.target().io_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.session.exec(command).await {
+                Ok(channel) => return Ok(channel),
+                Err(OpenError::Failed(failure)) => return Err(failure),
+                Err(OpenError::Refused) if Instant::now() >= deadline => {
+                    return Err(Failure::Connection(format!(
+                        "{} kept refusing new channels for {} s (MaxSessions?)",
+                        self.session.target().display(),
+                        self.session.target().io_timeout.as_secs()
+                    )));
+                }
+                Err(OpenError::Refused) => {
+                    let _ = tokio::time::timeout(pause, self.slot_freed.notified()).await;
+                    pause = (pause * 2).min(REFUSED_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    fn channel_done(&self) {
+        self.slot_freed.notify_one();
+    }
+
+    /// `get-wal --peek N`: the names Barman has from `wal` on.
+    pub async fn peek(&self, wal: &WalName, count: usize) -> Result<Vec<WalName>, Failure> {
+        let command = self.server.peek(wal, count);
+        let mut exec = self.exec(&command).await?;
+        let mut stdout = Vec::new();
+        let read = async {
+            while let Some(chunk) = exec.next_stdout().await? {
+                if stdout.len() < (1 << 20) {
+                    stdout.extend_from_slice(&chunk);
+                }
+            }
+            Ok::<(), Failure>(())
+        }
+        .await;
+        let exit = exec.finish().await;
+        self.channel_done();
+        read?;
+        if exit.status != Some(0) {
+            return Err(exit.into_failure("barman get-wal --peek"));
+        }
+        parse_peek(&stdout).map_err(|e| Failure::Remote {
+            status: 1,
+            message: format!("barman get-wal --peek answered oddly: {e}"),
+        })
+    }
+
+    fn transfer_for(&self, wal: &WalName) -> Transfer {
+        match self.options.transfer {
+            Transfer::KeepCompression if self.keep_rejected.load(Ordering::Relaxed) => {
+                Transfer::Decompressed
+            }
+            // Barman always sends .partial files raw.
+            Transfer::KeepCompression if wal.kind() == WalKind::Partial => Transfer::Decompressed,
+            other => other,
+        }
+    }
+
+    /// Fetches `wal` to `dest`: written under a temp name beside `dest`,
+    /// decoded while it arrives, validated, synced, renamed.
+    pub async fn transfer(&self, wal: &WalName, dest: &Path) -> Result<Delivered, Failure> {
+        let mut transfer = self.transfer_for(wal);
+        loop {
+            match self.transfer_once(wal, dest, transfer).await {
+                Err(Attempt::RetryDecompressed(why)) if transfer != Transfer::Decompressed => {
+                    if self.options.verbose {
+                        eprintln!("INFO: {wal}: {why}; asking Barman to decompress it instead");
+                    }
+                    transfer = Transfer::Decompressed;
+                }
+                Err(Attempt::RetryDecompressed(why)) => return Err(Failure::BadPayload(why)),
+                Err(Attempt::Failed(failure)) => return Err(failure),
+                Ok(delivered) => return Ok(delivered),
+            }
+        }
+    }
+
+    async fn transfer_once(
+        &self,
+        wal: &WalName,
+        dest: &Path,
+        transfer: Transfer,
+    ) -> Result<Delivered, Attempt> {
+        let started = Instant::now();
+        let command = self.server.get_wal(wal, transfer, self.options.partial);
+        let dir = spool::parent_dir(dest);
+        let (temp, file) =
+            TempFile::create_in(dir, wal.as_str()).map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
+        let output = file
+            .try_clone()
+            .map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
+        let mut exec = self.exec(&command).await.map_err(Attempt::Failed)?;
+        let mut sink = DecodeSink::start(output, wal.kind());
+        let streamed = async {
+            while let Some(chunk) = exec.next_stdout().await? {
+                if !sink.feed(chunk).await {
+                    return Ok(false);
+                }
+            }
+            Ok::<bool, Failure>(true)
+        }
+        .await;
+        let (exit, transport) = match streamed {
+            Ok(true) => (Some(exec.finish().await), None),
+            Ok(false) => {
+                exec.abandon().await;
+                (None, None)
+            }
+            Err(failure) => {
+                exec.abandon().await;
+                (None, Some(failure))
+            }
+        };
+        self.channel_done();
+        let decoded = sink.finish().await;
+        // What went wrong first decides the answer: the transport, then
+        // Barman's own status, then what we made of the bytes.
+        if let Some(failure) = transport {
+            return Err(Attempt::Failed(failure));
+        }
+        if let Some(exit) = exit {
+            if exit.status != Some(0) {
+                if self.options.auto_keep && transfer == Transfer::KeepCompression && exit.is_usage_error() {
+                    self.keep_rejected.store(true, Ordering::Relaxed);
+                    return Err(Attempt::RetryDecompressed(
+                        "this Barman does not know --keep-compression".into(),
+                    ));
+                }
+                return Err(Attempt::Failed(exit.into_failure("barman get-wal")));
+            }
+        }
+        let decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(DecodeError::UnknownFormat(head)) => {
+                return Err(Attempt::RetryDecompressed(format!(
+                    "{wal}: {}",
+                    DecodeError::UnknownFormat(head)
+                )));
+            }
+            Err(DecodeError::Write(e)) => return Err(Attempt::Failed(spool::dest_failure(dest, &e))),
+            Err(e @ DecodeError::Corrupt { .. }) => {
+                return Err(Attempt::Failed(Failure::BadPayload(format!("{wal}: {e}"))));
+            }
+        };
+        if self.options.verify {
+            self.check(wal, decoded.bytes_out, &decoded.head)
+                .map_err(|why| Attempt::Failed(Failure::BadPayload(why)))?;
+        }
+        temp.commit(&decoded.file, dest)
+            .map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
+        Ok(Delivered {
+            wal: wal.clone(),
+            path: dest.to_path_buf(),
+            format: decoded.format,
+            bytes_in: decoded.bytes_in,
+            bytes_out: decoded.bytes_out,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn check(&self, wal: &WalName, size: u64, head: &[u8]) -> Result<(), String> {
+        let Some(sysid) = validate::check(wal, size, head)? else {
+            return Ok(());
+        };
+        let mut expected = self.system_identifier.lock().unwrap();
+        match *expected {
+            None => {
+                *expected = Some(sysid);
+                Ok(())
+            }
+            Some(first) if first == sysid => Ok(()),
+            Some(first) => Err(format!(
+                "{wal} comes from database system {sysid}, the other segments from {first}: \
+                 the archive mixes clusters"
+            )),
+        }
+    }
+
+    /// Fetches `names` into the spool, at most `window` at once; each slot
+    /// is refilled as soon as a transfer ends. Failures are reported, not
+    /// fatal: a prefetch only saves a later call some time.
+    pub async fn prefetch(
+        self: &Arc<Self>,
+        names: Vec<WalName>,
+        spool: &Spool,
+        window: usize,
+    ) -> Vec<Result<Delivered, (WalName, Failure)>> {
+        let permits = Arc::new(Semaphore::new(window.max(1)));
+        let mut tasks = Vec::with_capacity(names.len());
+        for wal in names {
+            let fetcher = Arc::clone(self);
+            let permits = Arc::clone(&permits);
+            let dest = spool.path_of(&wal);
+            tasks.push(tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                fetcher.transfer(&wal, &dest).await.map_err(|e| (wal, e))
+            }));
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if let Ok(result) = task.await {
+                results.push(result);
+            }
+        }
+        results
+    }
+}
+
+/// How one attempt at a transfer ended, when it did not deliver.
+enum Attempt {
+    /// The stored bytes are not something we decode (or the server does not
+    /// know `--keep-compression`): ask Barman to decompress instead.
+    RetryDecompressed(String),
+    Failed(Failure),
+}

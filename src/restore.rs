@@ -1,0 +1,247 @@
+//! One restore_command call, from arguments to exit status.
+//!
+//! Order of work: check every argument locally (no connection for a bad
+//! name); serve a spool hit with a rename and no connection at all; else
+//! open one session, start the requested file at once, peek and prefetch
+//! beside it, and wait for all of them (a prefetch killed by our exit would
+//! be wasted work).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::RestoreArgs;
+use crate::exit::{self, Failure};
+use crate::fetch::{Delivered, FetchOptions, Fetcher};
+use crate::remote::BarmanServer;
+use crate::spool::{self, Spool};
+use crate::ssh::{Session, SessionStats, SshTarget};
+use crate::wal::{WalKind, WalName};
+
+/// How many times a call connects (or reconnects after the session broke
+/// mid-transfer) before it reports a connection failure.
+const CONNECT_ATTEMPTS: u32 = 3;
+const SESSION_ATTEMPTS: u32 = 2;
+
+/// What a successful call did.
+#[derive(Debug)]
+pub enum Outcome {
+    FromSpool,
+    Fetched {
+        delivered: Delivered,
+        prefetched: usize,
+        prefetch_failed: usize,
+    },
+    Tested,
+}
+
+/// Runs the call and returns the exit status, printing one `ERROR:` line on
+/// failure (after `--sleep` for a failure that was not local).
+pub async fn run(args: &RestoreArgs) -> i32 {
+    let stats = Arc::new(SessionStats::default());
+    let result = if args.test {
+        run_test(args, &stats).await
+    } else {
+        run_restore(args, &stats).await
+    };
+    write_stats(&stats);
+    match result {
+        Ok(outcome) => {
+            if args.verbose {
+                report(&outcome, &stats);
+            }
+            exit::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("ERROR: {failure}");
+            if args.sleep > 0 && !matches!(failure, Failure::Local(_)) {
+                tokio::time::sleep(Duration::from_secs(args.sleep)).await;
+            }
+            failure.exit_code()
+        }
+    }
+}
+
+fn report(outcome: &Outcome, stats: &SessionStats) {
+    let (connections, channels, refused) = stats.snapshot();
+    match outcome {
+        Outcome::FromSpool => eprintln!("INFO: served from the spool, no connection"),
+        Outcome::Fetched {
+            delivered,
+            prefetched,
+            prefetch_failed,
+        } => eprintln!(
+            "INFO: {} fetched ({} stored, {} -> {} bytes, {:.0} ms); {prefetched} prefetched, \
+             {prefetch_failed} failed; {connections} connection(s), {channels} channel(s), {refused} refused",
+            delivered.wal,
+            delivered.format.name(),
+            delivered.bytes_in,
+            delivered.bytes_out,
+            delivered.elapsed.as_secs_f64() * 1000.0
+        ),
+        Outcome::Tested => {}
+    }
+}
+
+/// For benchmarks: `BARMAN_WAL_RESTORE_STATS=FILE` appends
+/// `connections channels refused` of this call to FILE.
+fn write_stats(stats: &SessionStats) {
+    let Some(path) = std::env::var_os("BARMAN_WAL_RESTORE_STATS") else {
+        return;
+    };
+    let (connections, channels, refused) = stats.snapshot();
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{connections} {channels} {refused}");
+    }
+}
+
+async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
+    let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
+    let target = Arc::new(SshTarget::resolve(&args.connection.connect_options(&args.barman_host))?);
+    let session = Session::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS, args.verbose).await?;
+    let result = session.run(&server.test(&args.wal_name)).await;
+    session.close().await;
+    let (stdout, exit) = result.map_err(|e| match e {
+        crate::ssh::OpenError::Failed(f) => f,
+        crate::ssh::OpenError::Refused => Failure::Connection("the server refused a channel".into()),
+    })?;
+    std::io::stdout().write_all(&stdout).ok();
+    for line in exit.stderr_lines() {
+        eprintln!("{line}");
+    }
+    if exit.status == Some(0) {
+        Ok(Outcome::Tested)
+    } else {
+        Err(exit.into_failure("barman get-wal --test"))
+    }
+}
+
+/// The spool to use, if any. With `-p 0` an existing spool is still served
+/// from (as the original does) but never created, and one we could not
+/// trust is ignored rather than fatal, since nothing needs it.
+fn open_spool(args: &RestoreArgs) -> Result<Option<Spool>, Failure> {
+    if args.parallel > 0 {
+        return Spool::open(&args.spool_dir).map(Some);
+    }
+    if args.spool_dir.is_dir() {
+        return Ok(Spool::open(&args.spool_dir).ok());
+    }
+    Ok(None)
+}
+
+async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
+    let wal = WalName::parse(&args.wal_name).map_err(|e| Failure::Local(e.to_string()))?;
+    let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
+    let dest = args.wal_dest.clone();
+    spool::check_destination(&dest)?;
+    spool::remove_dead_temp_files(spool::parent_dir(&dest));
+    let spool = open_spool(args)?;
+
+    if let Some(spool) = &spool {
+        // History files are always asked of Barman: a timeline may have
+        // appeared since any earlier run.
+        if wal.kind() != WalKind::History && spool.take(&wal, &dest)? {
+            return Ok(Outcome::FromSpool);
+        }
+        spool.purge_stale(&wal);
+    }
+
+    let target = Arc::new(SshTarget::resolve(&args.connection.connect_options(&args.barman_host))?);
+    let (transfer, auto_keep) = args.transfer();
+    let options = FetchOptions {
+        transfer,
+        auto_keep,
+        partial: args.partial,
+        verify: !args.no_verify,
+        verbose: args.verbose,
+    };
+    let mut session_attempt = 1;
+    loop {
+        let session = Arc::new(
+            Session::connect_with_retries(target.clone(), stats.clone(), CONNECT_ATTEMPTS, args.verbose)
+                .await?,
+        );
+        let fetcher = Arc::new(Fetcher::new(session.clone(), server.clone(), options.clone()));
+        let result = fetch_with_prefetch(&fetcher, &wal, &dest, spool.as_ref(), args.parallel).await;
+        session.close().await;
+        match result {
+            Err(failure) if failure.is_transient() && session_attempt < SESSION_ATTEMPTS => {
+                if args.verbose {
+                    eprintln!("WARNING: {failure}; reconnecting");
+                }
+                session_attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The requested file and, with `-p N`, the next N-1 ones, on one session.
+async fn fetch_with_prefetch(
+    fetcher: &Arc<Fetcher>,
+    wal: &WalName,
+    dest: &std::path::Path,
+    spool: Option<&Spool>,
+    parallel: usize,
+) -> Result<Outcome, Failure> {
+    let requested = {
+        let fetcher = fetcher.clone();
+        let wal = wal.clone();
+        let dest = dest.to_path_buf();
+        tokio::spawn(async move { fetcher.transfer(&wal, &dest).await })
+    };
+    let prefetch = match spool {
+        Some(spool) if parallel > 1 && wal.is_segment() => {
+            let fetcher = fetcher.clone();
+            let wal = wal.clone();
+            let spool = spool.clone();
+            Some(tokio::spawn(async move {
+                let names: Vec<WalName> = match fetcher.peek(&wal, parallel).await {
+                    Ok(names) => names
+                        .into_iter()
+                        .filter(|n| n.is_segment() && n != &wal && !spool.contains(n))
+                        .take(parallel - 1)
+                        .collect(),
+                    Err(failure) => {
+                        return (0, vec![failure]);
+                    }
+                };
+                let results = fetcher.prefetch(names, &spool, parallel - 1).await;
+                let delivered = results.iter().filter(|r| r.is_ok()).count();
+                let failures = results
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|(wal, f)| Failure::Remote {
+                        status: f.exit_code(),
+                        message: format!("prefetch of {wal}: {f}"),
+                    }))
+                    .collect();
+                (delivered, failures)
+            }))
+        }
+        _ => None,
+    };
+    let result = match requested.await {
+        Ok(result) => result,
+        Err(e) => Err(Failure::Local(format!("transfer task failed: {e}"))),
+    };
+    if result.as_ref().is_err_and(|f| f.is_transient()) {
+        if let Some(task) = &prefetch {
+            task.abort();
+        }
+    }
+    let (prefetched, prefetch_failures) = match prefetch {
+        Some(task) => task.await.unwrap_or_default(),
+        None => (0, Vec::new()),
+    };
+    if fetcher.options().verbose {
+        for failure in &prefetch_failures {
+            eprintln!("WARNING: {failure}");
+        }
+    }
+    let delivered = result?;
+    Ok(Outcome::Fetched {
+        delivered,
+        prefetched,
+        prefetch_failed: prefetch_failures.len(),
+    })
+}

@@ -1,0 +1,207 @@
+//! Host key checking against OpenSSH known_hosts files.
+//!
+//! Lines are parsed by `ssh-key`'s known_hosts parser. The matching is ours
+//! because russh's `check_known_hosts_path` reads one file and knows neither
+//! wildcards, negations nor `@revoked`: OpenSSH's rules for those are a few
+//! lines (a host pattern list with `*`/`?`, `!` negation, hashed `|1|` names
+//! keyed with HMAC-SHA1), written here against its documentation.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
+use russh::keys::PublicKey;
+use sha1::Sha1;
+use wildmatch::WildMatch;
+
+/// What the known_hosts files say of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyVerdict {
+    Known,
+    /// No entry names this host with a key of this type.
+    Unknown,
+    /// An entry names this host with another key of the same type.
+    Changed { file: PathBuf, line: usize },
+    /// The key is marked `@revoked`.
+    Revoked { file: PathBuf, line: usize },
+}
+
+/// The name OpenSSH looks up: `host` on port 22, `[host]:port` otherwise.
+pub fn lookup_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+fn patterns_match(patterns: &HostPatterns, name: &str) -> bool {
+    match patterns {
+        HostPatterns::HashedName { salt, hash } => Hmac::<Sha1>::new_from_slice(salt)
+            .map(|mac| mac.chain_update(name.as_bytes()).verify_slice(hash).is_ok())
+            .unwrap_or(false),
+        HostPatterns::Patterns(list) => {
+            let mut matched = false;
+            for pattern in list {
+                if let Some(negated) = pattern.strip_prefix('!') {
+                    if WildMatch::new(&negated.to_ascii_lowercase()).matches(name) {
+                        return false;
+                    }
+                } else if WildMatch::new(&pattern.to_ascii_lowercase()).matches(name) {
+                    matched = true;
+                }
+            }
+            matched
+        }
+    }
+}
+
+/// Checks `key` for `host:port` against every file, as OpenSSH does: a
+/// revoked key is refused outright; a matching entry makes the key known;
+/// an entry with another key of the same type means the key changed.
+pub fn verify(host: &str, port: u16, key: &PublicKey, files: &[PathBuf]) -> HostKeyVerdict {
+    let name = lookup_name(&host.to_ascii_lowercase(), port);
+    let mut known = false;
+    let mut changed = None;
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // A line we cannot parse is skipped, as OpenSSH does.
+            let Ok(entry) = line.parse::<Entry>() else {
+                continue;
+            };
+            let same_key = entry.public_key().key_data() == key.key_data();
+            match entry.marker() {
+                Some(Marker::Revoked) if same_key => {
+                    return HostKeyVerdict::Revoked {
+                        file: file.clone(),
+                        line: index + 1,
+                    };
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            if !patterns_match(entry.host_patterns(), &name) {
+                continue;
+            }
+            if same_key {
+                known = true;
+            } else if entry.public_key().algorithm() == key.algorithm() && changed.is_none() {
+                changed = Some(HostKeyVerdict::Changed {
+                    file: file.clone(),
+                    line: index + 1,
+                });
+            }
+        }
+    }
+    if known {
+        HostKeyVerdict::Known
+    } else {
+        changed.unwrap_or(HostKeyVerdict::Unknown)
+    }
+}
+
+/// Appends `host:port key` to a known_hosts file (`accept-new`).
+pub fn learn(host: &str, port: u16, key: &PublicKey, file: &Path) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let encoded = key
+        .to_openssh()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
+    writeln!(f, "{} {}", lookup_name(host, port), encoded.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    
+    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDQ7eDBrxwMXw9r5qhFOwL5RgRs79nSM44FmULrbUy9V";
+    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMuEkSub/W13Ck6QLF6PHRPJR344x+VjVlUZEFeGd4+B";
+
+    fn key(text: &str) -> PublicKey {
+        PublicKey::from_openssh(text).unwrap()
+    }
+
+    fn hashed(name: &str) -> String {
+        use base64_lite::encode;
+        let salt = [7u8; 20];
+        let mac = Hmac::<Sha1>::new_from_slice(&salt).unwrap().chain_update(name.as_bytes());
+        format!("|1|{}|{}", encode(&salt), encode(&mac.finalize().into_bytes()))
+    }
+
+    /// Standard base64, just enough to write hashed test entries.
+    mod base64_lite {
+        pub fn encode(data: &[u8]) -> String {
+            const T: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut out = String::new();
+            for chunk in data.chunks(3) {
+                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+                for i in 0..4 {
+                    if i <= chunk.len() {
+                        out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                    } else {
+                        out.push('=');
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    fn line(hosts: &str, key: &PublicKey) -> String {
+        format!("{hosts} {}\n", key.to_openssh().unwrap())
+    }
+
+    #[test]
+    fn plain_hashed_wildcard_and_port_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(KEY_A);
+        let file = dir.path().join("kh");
+        let check = |content: String, host: &str, port: u16| {
+            std::fs::write(&file, content).unwrap();
+            verify(host, port, &k, std::slice::from_ref(&file))
+        };
+        assert_eq!(check(line("barman", &k), "barman", 22), HostKeyVerdict::Known);
+        assert_eq!(check(line("barman", &k), "barman", 2222), HostKeyVerdict::Unknown);
+        assert_eq!(check(line("[barman]:2222", &k), "barman", 2222), HostKeyVerdict::Known);
+        assert_eq!(check(line(&hashed("[barman]:2222"), &k), "barman", 2222), HostKeyVerdict::Known);
+        assert_eq!(check(line("*.example.org,barm?n", &k), "barman", 22), HostKeyVerdict::Known);
+        assert_eq!(check(line("barm*,!barman", &k), "barman", 22), HostKeyVerdict::Unknown);
+        let other = key(KEY_B);
+        assert!(matches!(
+            check(line("barman", &other), "barman", 22),
+            HostKeyVerdict::Changed { line: 1, .. }
+        ));
+        assert!(matches!(
+            check(format!("@revoked * {}\n{}", k.to_openssh().unwrap(), line("barman", &k)), "barman", 22),
+            HostKeyVerdict::Revoked { .. }
+        ));
+        assert_eq!(
+            check(format!("garbage line\n{}", line("barman", &k)), "barman", 22),
+            HostKeyVerdict::Known
+        );
+    }
+
+    #[test]
+    fn learned_keys_are_known_afterwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sub/kh");
+        let k = key(KEY_A);
+        learn("127.0.0.1", 2022, &k, &file).unwrap();
+        assert_eq!(verify("127.0.0.1", 2022, &k, &[file]), HostKeyVerdict::Known);
+    }
+}
