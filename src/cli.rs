@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser};
 
+use crate::exit::FailurePolicy;
 use crate::remote::Transfer;
 use crate::ssh::ConnectOptions;
 
@@ -73,6 +74,9 @@ impl ConnectionArgs {
     name = "barman-wal-restore",
     version,
     disable_version_flag = true,
+    // argparse lets a repeated option win; `barman restore` and wrapper
+    // scripts rely on it.
+    args_override_self = true,
     group(ArgGroup::new("compression").args(["gzip", "bzip2", "keep_compression", "no_keep_compression"])),
     after_help = "Exit codes: 0 the file is at WAL_DEST; 1 Barman does not have it; \
                   2 connection failure; 3 local problem (WAL_DEST, spool, arguments)."
@@ -86,15 +90,29 @@ pub struct RestoreArgs {
     pub connection: ConnectionArgs,
 
     /// Sleep for SECONDS after a failure of get-wal request
-    #[arg(short = 's', long = "sleep", value_name = "SECONDS", default_value_t = 0)]
+    #[arg(
+        short = 's',
+        long = "sleep",
+        value_name = "SECONDS",
+        default_value_t = 0
+    )]
     pub sleep: u64,
 
     /// Specifies the number of files to peek and transfer in parallel
-    #[arg(short = 'p', long = "parallel", value_name = "JOBS", default_value_t = 0)]
+    #[arg(
+        short = 'p',
+        long = "parallel",
+        value_name = "JOBS",
+        default_value_t = 0
+    )]
     pub parallel: usize,
 
     /// Specifies spool directory for WAL files
-    #[arg(long = "spool-dir", value_name = "SPOOL_DIR", default_value = "/var/tmp/walrestore")]
+    #[arg(
+        long = "spool-dir",
+        value_name = "SPOOL_DIR",
+        default_value = "/var/tmp/walrestore"
+    )]
     pub spool_dir: PathBuf,
 
     /// Retrieve also partial WAL files (.partial)
@@ -122,6 +140,12 @@ pub struct RestoreArgs {
     /// PostgreSQL server in Barman for WAL retrieval
     #[arg(short = 't', long = "test")]
     pub test: bool,
+
+    /// (ours) What a failure other than Barman's "not found" becomes:
+    /// `auto` stops an archive recovery (PITR) with status 255 instead of
+    /// letting it end early, and reports 1-3 in standby mode
+    #[arg(long = "on-failure", value_enum, value_name = "POLICY", default_value_t = FailurePolicy::Auto)]
+    pub on_failure: FailurePolicy,
 
     /// (ours) Deliver files without checking their WAL headers
     #[arg(long = "no-verify")]
@@ -170,13 +194,35 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<RestoreArgs, clap::Error> {
-        RestoreArgs::try_parse_from(std::iter::once("barman-wal-restore").chain(args.iter().copied()))
+        RestoreArgs::try_parse_from(
+            std::iter::once("barman-wal-restore").chain(args.iter().copied()),
+        )
     }
 
     #[test]
     fn options_before_or_after_positionals() {
-        let a = parse(&["-U", "barman", "-p", "8", "backup", "angus", "000000010000000000000002", "pg_wal/RECOVERYXLOG"]).unwrap();
-        let b = parse(&["backup", "angus", "000000010000000000000002", "pg_wal/RECOVERYXLOG", "-p", "8", "-U", "barman"]).unwrap();
+        let a = parse(&[
+            "-U",
+            "barman",
+            "-p",
+            "8",
+            "backup",
+            "angus",
+            "000000010000000000000002",
+            "pg_wal/RECOVERYXLOG",
+        ])
+        .unwrap();
+        let b = parse(&[
+            "backup",
+            "angus",
+            "000000010000000000000002",
+            "pg_wal/RECOVERYXLOG",
+            "-p",
+            "8",
+            "-U",
+            "barman",
+        ])
+        .unwrap();
         assert_eq!((a.parallel, b.parallel), (8, 8));
         assert_eq!(a.connection.user.as_deref(), Some("barman"));
         assert_eq!(b.spool_dir, PathBuf::from("/var/tmp/walrestore"));
@@ -193,6 +239,12 @@ mod tests {
         assert_eq!(explicit.transfer(), (Transfer::KeepCompression, false));
         let original = parse(&["--no-keep-compression", "h", "s", "w", "d"]).unwrap();
         assert_eq!(original.transfer(), (Transfer::Decompressed, false));
+    }
+
+    #[test]
+    fn a_repeated_option_wins_as_in_argparse() {
+        let a = parse(&["--port", "22", "h", "s", "w", "d", "--port", "2222"]).unwrap();
+        assert_eq!(a.connection.port, Some(2222));
     }
 
     #[test]

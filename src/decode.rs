@@ -72,7 +72,9 @@ pub fn sniff_compression(prefix: &[u8]) -> Option<Format> {
 /// PostgreSQL release), history and backup files are text.
 pub fn looks_plain(kind: WalKind, head: &[u8]) -> bool {
     match kind {
-        WalKind::Segment | WalKind::Partial => head.len() >= 2 && (head[1] == 0xD0 || head[1] == 0xD1),
+        WalKind::Segment | WalKind::Partial => {
+            head.len() >= 2 && (head[1] == 0xD0 || head[1] == 0xD1)
+        }
         WalKind::History | WalKind::Backup => {
             std::str::from_utf8(head).is_ok_and(|s| !s.contains('\0'))
         }
@@ -104,7 +106,10 @@ impl std::fmt::Display for DecodeError {
                 f,
                 "payload is in no format we can decode (custom compression or encryption?); \
                  first bytes: {}",
-                head.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+                head.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
             DecodeError::Corrupt { format, detail } => {
                 write!(f, "{} stream is damaged: {detail}", format.name())
@@ -145,7 +150,8 @@ pub struct DecodeSink {
 impl DecodeSink {
     pub fn start(out: File, kind: WalKind) -> DecodeSink {
         let (tx, rx) = mpsc::channel(32);
-        let join = tokio::task::spawn_blocking(move || decode_stream(ChunkReader::new(rx), out, kind));
+        let join =
+            tokio::task::spawn_blocking(move || decode_stream(ChunkReader::new(rx), out, kind));
         DecodeSink { tx: Some(tx), join }
     }
 
@@ -258,20 +264,21 @@ pub fn decode_stream<R: Read + Send>(
         inner: io::Cursor::new(prefix).chain(input),
         count: count.clone(),
     };
-    let mut reader: Box<dyn Read + Send> = match format {
-        Format::Plain => Box::new(whole),
-        Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
-        Format::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(whole)),
-        Format::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(whole)),
-        Format::Zstd => Box::new(zstd::stream::read::Decoder::new(whole).map_err(|e| {
-            DecodeError::Corrupt {
-                format,
-                detail: e.to_string(),
-            }
-        })?),
-        Format::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(whole)),
-        Format::Snappy => Box::new(snap::read::FrameDecoder::new(whole)),
-    };
+    let mut reader: Box<dyn Read + Send> =
+        match format {
+            Format::Plain => Box::new(whole),
+            Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
+            Format::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(whole)),
+            Format::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(whole)),
+            Format::Zstd => Box::new(zstd::stream::read::Decoder::new(whole).map_err(|e| {
+                DecodeError::Corrupt {
+                    format,
+                    detail: e.to_string(),
+                }
+            })?),
+            Format::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(whole)),
+            Format::Snappy => Box::new(snap::read::FrameDecoder::new(whole)),
+        };
     let mut writer = BufWriter::with_capacity(1 << 20, out);
     let mut buf = vec![0u8; 256 << 10];
     let mut head = Vec::with_capacity(HEAD_LEN);

@@ -20,6 +20,68 @@ pub const LOCAL: i32 = 3;
 pub const INTERRUPTED: i32 = 130;
 /// Terminated by SIGTERM (128 + 15): PostgreSQL expects it during shutdown.
 pub const TERMINATED: i32 = 143;
+/// Deliberately fatal: PostgreSQL aborts recovery on a status above 125.
+/// Used only to stop an archive recovery that would otherwise end early
+/// (see [`FailurePolicy`]); pghoard uses the same status for the same reason.
+pub const ABORT_RECOVERY: i32 = 255;
+
+/// What PostgreSQL is doing when it calls us, told by the signal files in
+/// its data directory (restore_command runs there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// `standby.signal`: a failure means "try again later"; nothing is lost.
+    Standby,
+    /// `recovery.signal` alone (PITR, archive recovery): ANY failure is
+    /// taken as the end of WAL and the server promotes.
+    ArchiveRecovery,
+    /// Neither file: called by hand, or by an old PostgreSQL.
+    Unknown,
+}
+
+impl RecoveryMode {
+    pub fn detect(dir: &std::path::Path) -> RecoveryMode {
+        if dir.join("standby.signal").exists() {
+            RecoveryMode::Standby
+        } else if dir.join("recovery.signal").exists() {
+            RecoveryMode::ArchiveRecovery
+        } else {
+            RecoveryMode::Unknown
+        }
+    }
+}
+
+/// `--on-failure`: what a failure that is not Barman's confirmed "not
+/// found" turns into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FailurePolicy {
+    /// Stop an archive recovery ([`ABORT_RECOVERY`]); elsewhere report
+    /// "not available" as usual.
+    #[default]
+    Auto,
+    /// Always report "not available" (1..3): the original's behaviour, which
+    /// lets a PITR end early when Barman is unreachable.
+    NotAvailable,
+    /// Always stop recovery on such a failure.
+    Abort,
+}
+
+impl FailurePolicy {
+    /// The status for `failure` in `mode`, and whether it stops recovery.
+    pub fn exit_code(self, failure: &Failure, mode: RecoveryMode) -> i32 {
+        let confirmed_miss = matches!(failure, Failure::NotFound(_));
+        let abort = !confirmed_miss
+            && match self {
+                FailurePolicy::Auto => mode == RecoveryMode::ArchiveRecovery,
+                FailurePolicy::NotAvailable => false,
+                FailurePolicy::Abort => true,
+            };
+        if abort {
+            ABORT_RECOVERY
+        } else {
+            failure.exit_code()
+        }
+    }
+}
 
 /// Why a call did not deliver the file. The message is printed after
 /// `ERROR: ` as one line; it names the WAL, host or path involved.
@@ -89,6 +151,36 @@ pub fn clamp_remote_status(status: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unconfirmed_failures_in_archive_recovery_stop_it() {
+        let miss = Failure::NotFound("x".into());
+        let down = Failure::Connection("x".into());
+        let auto = FailurePolicy::Auto;
+        assert_eq!(
+            auto.exit_code(&miss, RecoveryMode::ArchiveRecovery),
+            NOT_AVAILABLE
+        );
+        assert_eq!(
+            auto.exit_code(&down, RecoveryMode::ArchiveRecovery),
+            ABORT_RECOVERY
+        );
+        assert_eq!(auto.exit_code(&down, RecoveryMode::Standby), CONNECTION);
+        assert_eq!(auto.exit_code(&down, RecoveryMode::Unknown), CONNECTION);
+        let never = FailurePolicy::NotAvailable;
+        assert_eq!(
+            never.exit_code(&down, RecoveryMode::ArchiveRecovery),
+            CONNECTION
+        );
+        assert_eq!(
+            FailurePolicy::Abort.exit_code(&down, RecoveryMode::Standby),
+            ABORT_RECOVERY
+        );
+        assert_eq!(
+            FailurePolicy::Abort.exit_code(&miss, RecoveryMode::Standby),
+            NOT_AVAILABLE
+        );
+    }
 
     #[test]
     fn no_failure_maps_above_125_or_to_zero() {

@@ -186,8 +186,8 @@ impl Fetcher {
         let started = Instant::now();
         let command = self.server.get_wal(wal, transfer, self.options.partial);
         let dir = spool::parent_dir(dest);
-        let (temp, file) =
-            TempFile::create_in(dir, wal.as_str()).map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
+        let (temp, file) = TempFile::create_in(dir, wal.as_str())
+            .map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
         let output = file
             .try_clone()
             .map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
@@ -222,7 +222,10 @@ impl Fetcher {
         }
         if let Some(exit) = exit {
             if exit.status != Some(0) {
-                if self.options.auto_keep && transfer == Transfer::KeepCompression && exit.is_usage_error() {
+                if self.options.auto_keep
+                    && transfer == Transfer::KeepCompression
+                    && exit.is_usage_error()
+                {
                     self.keep_rejected.store(true, Ordering::Relaxed);
                     return Err(Attempt::RetryDecompressed(
                         "this Barman does not know --keep-compression".into(),
@@ -239,7 +242,9 @@ impl Fetcher {
                     DecodeError::UnknownFormat(head)
                 )));
             }
-            Err(DecodeError::Write(e)) => return Err(Attempt::Failed(spool::dest_failure(dest, &e))),
+            Err(DecodeError::Write(e)) => {
+                return Err(Attempt::Failed(spool::dest_failure(dest, &e)))
+            }
             Err(e @ DecodeError::Corrupt { .. }) => {
                 return Err(Attempt::Failed(Failure::BadPayload(format!("{wal}: {e}"))));
             }

@@ -99,7 +99,10 @@ impl BarmanServer {
     /// `barman get-wal --peek N`: the list of up to N files starting at `wal`.
     pub fn peek(&self, wal: &WalName, count: usize) -> String {
         let mut cmd = self.barman_prefix();
-        cmd.push_str(&format!("get-wal --peek {} ", shell_quote(&count.to_string())));
+        cmd.push_str(&format!(
+            "get-wal --peek {} ",
+            shell_quote(&count.to_string())
+        ));
         self.push_positionals(&mut cmd, wal);
         cmd
     }
@@ -159,11 +162,15 @@ pub struct RemoteExit {
 }
 
 impl RemoteExit {
-    /// The remote stderr as printable lines (Barman's `ERROR:` lines).
+    /// The remote stderr as lines, Barman's `ERROR: ` prefix removed (ours
+    /// is added when the failure is printed).
     pub fn stderr_lines(&self) -> Vec<String> {
         String::from_utf8_lossy(&self.stderr)
             .lines()
-            .map(|l| l.trim_end().to_string())
+            .map(|l| {
+                let l = l.trim_end();
+                l.strip_prefix("ERROR: ").unwrap_or(l).to_string()
+            })
             .filter(|l| !l.is_empty())
             .collect()
     }
@@ -261,7 +268,10 @@ mod tests {
             signal: None,
             stderr: b"ERROR: WAL file 'X' not found in server 'angus'\n".to_vec(),
         };
-        assert!(matches!(not_found.into_failure("get-wal"), Failure::NotFound(_)));
+        assert!(matches!(
+            not_found.into_failure("get-wal"),
+            Failure::NotFound(_)
+        ));
         let missing_barman = RemoteExit {
             status: Some(127),
             signal: None,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::RestoreArgs;
-use crate::exit::{self, Failure};
+use crate::exit::{self, Failure, RecoveryMode};
 use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::remote::BarmanServer;
 use crate::spool::{self, Spool};
@@ -57,7 +57,17 @@ pub async fn run(args: &RestoreArgs) -> i32 {
             if args.sleep > 0 && !matches!(failure, Failure::Local(_)) {
                 tokio::time::sleep(Duration::from_secs(args.sleep)).await;
             }
-            failure.exit_code()
+            let mode = RecoveryMode::detect(std::path::Path::new("."));
+            let code = args.on_failure.exit_code(&failure, mode);
+            if code == exit::ABORT_RECOVERY {
+                eprintln!(
+                    "ERROR: stopping recovery instead of ending it early without {}: fix the cause \
+                     and start PostgreSQL again, recovery resumes where it stopped \
+                     (--on-failure=not-available would end recovery here instead)",
+                    args.wal_name.escape_debug()
+                );
+            }
+            code
         }
     }
 }
@@ -90,25 +100,33 @@ fn write_stats(stats: &SessionStats) {
         return;
     };
     let (connections, channels, refused) = stats.snapshot();
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{connections} {channels} {refused}");
     }
 }
 
 async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
     let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
-    let target = Arc::new(SshTarget::resolve(&args.connection.connect_options(&args.barman_host))?);
-    let session = Session::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS, args.verbose).await?;
+    let target = Arc::new(SshTarget::resolve(
+        &args.connection.connect_options(&args.barman_host),
+    )?);
+    let session =
+        Session::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS, args.verbose)
+            .await?;
     let result = session.run(&server.test(&args.wal_name)).await;
     session.close().await;
     let (stdout, exit) = result.map_err(|e| match e {
         crate::ssh::OpenError::Failed(f) => f,
-        crate::ssh::OpenError::Refused => Failure::Connection("the server refused a channel".into()),
+        crate::ssh::OpenError::Refused => {
+            Failure::Connection("the server refused a channel".into())
+        }
     })?;
     std::io::stdout().write_all(&stdout).ok();
-    for line in exit.stderr_lines() {
-        eprintln!("{line}");
-    }
+    std::io::stderr().write_all(&exit.stderr).ok();
     if exit.status == Some(0) {
         Ok(Outcome::Tested)
     } else {
@@ -146,7 +164,9 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
         spool.purge_stale(&wal);
     }
 
-    let target = Arc::new(SshTarget::resolve(&args.connection.connect_options(&args.barman_host))?);
+    let target = Arc::new(SshTarget::resolve(
+        &args.connection.connect_options(&args.barman_host),
+    )?);
     let (transfer, auto_keep) = args.transfer();
     let options = FetchOptions {
         transfer,
@@ -158,11 +178,21 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
     let mut session_attempt = 1;
     loop {
         let session = Arc::new(
-            Session::connect_with_retries(target.clone(), stats.clone(), CONNECT_ATTEMPTS, args.verbose)
-                .await?,
+            Session::connect_with_retries(
+                target.clone(),
+                stats.clone(),
+                CONNECT_ATTEMPTS,
+                args.verbose,
+            )
+            .await?,
         );
-        let fetcher = Arc::new(Fetcher::new(session.clone(), server.clone(), options.clone()));
-        let result = fetch_with_prefetch(&fetcher, &wal, &dest, spool.as_ref(), args.parallel).await;
+        let fetcher = Arc::new(Fetcher::new(
+            session.clone(),
+            server.clone(),
+            options.clone(),
+        ));
+        let result =
+            fetch_with_prefetch(&fetcher, &wal, &dest, spool.as_ref(), args.parallel).await;
         session.close().await;
         match result {
             Err(failure) if failure.is_transient() && session_attempt < SESSION_ATTEMPTS => {
@@ -210,10 +240,12 @@ async fn fetch_with_prefetch(
                 let delivered = results.iter().filter(|r| r.is_ok()).count();
                 let failures = results
                     .into_iter()
-                    .filter_map(|r| r.err().map(|(wal, f)| Failure::Remote {
-                        status: f.exit_code(),
-                        message: format!("prefetch of {wal}: {f}"),
-                    }))
+                    .filter_map(|r| {
+                        r.err().map(|(wal, f)| Failure::Remote {
+                            status: f.exit_code(),
+                            message: format!("prefetch of {wal}: {f}"),
+                        })
+                    })
                     .collect();
                 (delivered, failures)
             }))

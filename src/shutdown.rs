@@ -68,7 +68,11 @@ pub fn exit_on_signals() {
         TempRegistry::remove_all();
         eprintln!(
             "ERROR: interrupted by {}; temp files removed",
-            if code == exit::TERMINATED { "SIGTERM" } else { "SIGINT" }
+            if code == exit::TERMINATED {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            }
         );
         std::process::exit(code);
     });

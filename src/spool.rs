@@ -168,7 +168,8 @@ impl Spool {
             Err(e) => return Err(local(format!("cannot inspect it: {e}"))),
             Ok(_) => {}
         }
-        let meta = fs::symlink_metadata(dir).map_err(|e| local(format!("cannot inspect it: {e}")))?;
+        let meta =
+            fs::symlink_metadata(dir).map_err(|e| local(format!("cannot inspect it: {e}")))?;
         if meta.file_type().is_symlink() {
             return Err(local(
                 "is a symlink; refusing it (point --spool-dir at a real directory)".into(),
@@ -230,13 +231,19 @@ impl Spool {
         let mut input = match File::open(src) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Failure::Local(format!("cannot read {}: {e}", src.display()))),
+            Err(e) => {
+                return Err(Failure::Local(format!(
+                    "cannot read {}: {e}",
+                    src.display()
+                )))
+            }
         };
         let dir = parent_dir(dest);
         let (temp, mut out) =
             TempFile::create_in(dir, wal.as_str()).map_err(|e| dest_failure(dest, &e))?;
         io::copy(&mut input, &mut out).map_err(|e| dest_failure(dest, &e))?;
-        temp.commit(&out, dest).map_err(|e| dest_failure(dest, &e))?;
+        temp.commit(&out, dest)
+            .map_err(|e| dest_failure(dest, &e))?;
         let _ = fs::remove_file(src);
         Ok(true)
     }
@@ -253,7 +260,10 @@ impl Spool {
             return;
         };
         for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().and_then(|n| WalName::parse(n).ok())
+            let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| WalName::parse(n).ok())
             else {
                 continue;
             };
@@ -333,7 +343,9 @@ mod tests {
     fn dead_runs_temp_files_are_removed_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let dead = dir.path().join(format!("{TEMP_PREFIX}999999999.0.X"));
-        let ours = dir.path().join(format!("{TEMP_PREFIX}{}.0.X", std::process::id()));
+        let ours = dir
+            .path()
+            .join(format!("{TEMP_PREFIX}{}.0.X", std::process::id()));
         fs::write(&dead, b"partial").unwrap();
         fs::write(&ours, b"partial").unwrap();
         remove_dead_temp_files(dir.path());
@@ -379,14 +391,26 @@ mod tests {
         let open = dir.path().join("open");
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(Spool::open(&open).unwrap_err().message().contains("chmod go-w"));
+        assert!(Spool::open(&open)
+            .unwrap_err()
+            .message()
+            .contains("chmod go-w"));
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/etc", &link).unwrap();
-        assert!(Spool::open(&link).unwrap_err().message().contains("symlink"));
+        assert!(Spool::open(&link)
+            .unwrap_err()
+            .message()
+            .contains("symlink"));
         let orphan = dir.path().join("no/such/parent");
-        assert!(Spool::open(&orphan).unwrap_err().message().contains("create its parent"));
+        assert!(Spool::open(&orphan)
+            .unwrap_err()
+            .message()
+            .contains("create its parent"));
         let fresh = dir.path().join("fresh");
         Spool::open(&fresh).unwrap();
-        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 }

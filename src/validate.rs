@@ -87,7 +87,9 @@ fn check_segment(wal: &WalName, size: u64, head: &[u8]) -> Result<u64, String> {
     }
     let seg_size = u64::from(header.segment_size);
     if !seg_size.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&seg_size) {
-        return Err(format!("{wal} announces an impossible segment size of {seg_size} bytes"));
+        return Err(format!(
+            "{wal} announces an impossible segment size of {seg_size} bytes"
+        ));
     }
     let complete = wal.kind() == WalKind::Segment;
     if (complete && size != seg_size) || size > seg_size {
@@ -162,13 +164,17 @@ mod tests {
         let good = long_page_header(0xD110, 1, 3 * MIB, 42, MIB as u32);
         assert!(check(&w, MIB - 1, &good).unwrap_err().contains("truncated"));
         let other = long_page_header(0xD110, 1, 4 * MIB, 42, MIB as u32);
-        assert!(check(&w, MIB, &other).unwrap_err().contains("another segment"));
+        assert!(check(&w, MIB, &other)
+            .unwrap_err()
+            .contains("another segment"));
         let newer_tli = long_page_header(0xD110, 2, 3 * MIB, 42, MIB as u32);
         assert!(check(&w, MIB, &newer_tli).unwrap_err().contains("timeline"));
         let bad_magic = long_page_header(0xBEEF, 1, 3 * MIB, 42, MIB as u32);
         assert!(check(&w, MIB, &bad_magic).unwrap_err().contains("magic"));
         let bad_size = long_page_header(0xD110, 1, 3 * MIB, 42, 3000);
-        assert!(check(&w, MIB, &bad_size).unwrap_err().contains("segment size"));
+        assert!(check(&w, MIB, &bad_size)
+            .unwrap_err()
+            .contains("segment size"));
         assert!(check(&w, 10, b"short").is_err());
         let partial = wal("000000010000000000000003.partial");
         assert_eq!(check(&partial, MIB / 2, &good), Ok(Some(42)));

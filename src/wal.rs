@@ -208,7 +208,10 @@ mod tests {
         assert_eq!((seg.timeline(), seg.position()), (1, (2, 3)));
         assert_eq!(seg.hash_dir(), Some("0000000100000002"));
         let hist = WalName::parse("0000000A.history").unwrap();
-        assert_eq!((hist.kind(), hist.timeline(), hist.hash_dir()), (WalKind::History, 10, None));
+        assert_eq!(
+            (hist.kind(), hist.timeline(), hist.hash_dir()),
+            (WalKind::History, 10, None)
+        );
         let part = WalName::parse("000000010000000200000003.partial").unwrap();
         assert_eq!(part.kind(), WalKind::Partial);
         assert_eq!(part.segment_name(), Some("000000010000000200000003"));
@@ -240,12 +243,21 @@ mod tests {
     fn next_segment_wraps_at_log_boundary() {
         let mib16 = 16 << 20;
         let last = WalName::parse("0000000100000002000000FF").unwrap();
-        assert_eq!(last.next_segment(mib16).unwrap().as_str(), "000000010000000300000000");
+        assert_eq!(
+            last.next_segment(mib16).unwrap().as_str(),
+            "000000010000000300000000"
+        );
         let gib = 1 << 30;
         let last = WalName::parse("000000010000000200000003").unwrap();
-        assert_eq!(last.next_segment(gib).unwrap().as_str(), "000000010000000300000000");
+        assert_eq!(
+            last.next_segment(gib).unwrap().as_str(),
+            "000000010000000300000000"
+        );
         let mib1 = 1 << 20;
         let mid = WalName::parse("0000000100000002000000FF").unwrap();
-        assert_eq!(mid.next_segment(mib1).unwrap().as_str(), "000000010000000200000100");
+        assert_eq!(
+            mid.next_segment(mib1).unwrap().as_str(),
+            "000000010000000200000100"
+        );
     }
 }

@@ -22,9 +22,15 @@ pub enum HostKeyVerdict {
     /// No entry names this host with a key of this type.
     Unknown,
     /// An entry names this host with another key of the same type.
-    Changed { file: PathBuf, line: usize },
+    Changed {
+        file: PathBuf,
+        line: usize,
+    },
     /// The key is marked `@revoked`.
-    Revoked { file: PathBuf, line: usize },
+    Revoked {
+        file: PathBuf,
+        line: usize,
+    },
 }
 
 /// The name OpenSSH looks up: `host` on port 22, `[host]:port` otherwise.
@@ -126,9 +132,11 @@ pub fn learn(host: &str, port: u16, key: &PublicKey, file: &Path) -> std::io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    
-    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDQ7eDBrxwMXw9r5qhFOwL5RgRs79nSM44FmULrbUy9V";
-    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMuEkSub/W13Ck6QLF6PHRPJR344x+VjVlUZEFeGd4+B";
+
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDQ7eDBrxwMXw9r5qhFOwL5RgRs79nSM44FmULrbUy9V";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMuEkSub/W13Ck6QLF6PHRPJR344x+VjVlUZEFeGd4+B";
 
     fn key(text: &str) -> PublicKey {
         PublicKey::from_openssh(text).unwrap()
@@ -137,8 +145,14 @@ mod tests {
     fn hashed(name: &str) -> String {
         use base64_lite::encode;
         let salt = [7u8; 20];
-        let mac = Hmac::<Sha1>::new_from_slice(&salt).unwrap().chain_update(name.as_bytes());
-        format!("|1|{}|{}", encode(&salt), encode(&mac.finalize().into_bytes()))
+        let mac = Hmac::<Sha1>::new_from_slice(&salt)
+            .unwrap()
+            .chain_update(name.as_bytes());
+        format!(
+            "|1|{}|{}",
+            encode(&salt),
+            encode(&mac.finalize().into_bytes())
+        )
     }
 
     /// Standard base64, just enough to write hashed test entries.
@@ -148,7 +162,11 @@ mod tests {
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
             let mut out = String::new();
             for chunk in data.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
                 for i in 0..4 {
                     if i <= chunk.len() {
@@ -175,23 +193,53 @@ mod tests {
             std::fs::write(&file, content).unwrap();
             verify(host, port, &k, std::slice::from_ref(&file))
         };
-        assert_eq!(check(line("barman", &k), "barman", 22), HostKeyVerdict::Known);
-        assert_eq!(check(line("barman", &k), "barman", 2222), HostKeyVerdict::Unknown);
-        assert_eq!(check(line("[barman]:2222", &k), "barman", 2222), HostKeyVerdict::Known);
-        assert_eq!(check(line(&hashed("[barman]:2222"), &k), "barman", 2222), HostKeyVerdict::Known);
-        assert_eq!(check(line("*.example.org,barm?n", &k), "barman", 22), HostKeyVerdict::Known);
-        assert_eq!(check(line("barm*,!barman", &k), "barman", 22), HostKeyVerdict::Unknown);
+        assert_eq!(
+            check(line("barman", &k), "barman", 22),
+            HostKeyVerdict::Known
+        );
+        assert_eq!(
+            check(line("barman", &k), "barman", 2222),
+            HostKeyVerdict::Unknown
+        );
+        assert_eq!(
+            check(line("[barman]:2222", &k), "barman", 2222),
+            HostKeyVerdict::Known
+        );
+        assert_eq!(
+            check(line(&hashed("[barman]:2222"), &k), "barman", 2222),
+            HostKeyVerdict::Known
+        );
+        assert_eq!(
+            check(line("*.example.org,barm?n", &k), "barman", 22),
+            HostKeyVerdict::Known
+        );
+        assert_eq!(
+            check(line("barm*,!barman", &k), "barman", 22),
+            HostKeyVerdict::Unknown
+        );
         let other = key(KEY_B);
         assert!(matches!(
             check(line("barman", &other), "barman", 22),
             HostKeyVerdict::Changed { line: 1, .. }
         ));
         assert!(matches!(
-            check(format!("@revoked * {}\n{}", k.to_openssh().unwrap(), line("barman", &k)), "barman", 22),
+            check(
+                format!(
+                    "@revoked * {}\n{}",
+                    k.to_openssh().unwrap(),
+                    line("barman", &k)
+                ),
+                "barman",
+                22
+            ),
             HostKeyVerdict::Revoked { .. }
         ));
         assert_eq!(
-            check(format!("garbage line\n{}", line("barman", &k)), "barman", 22),
+            check(
+                format!("garbage line\n{}", line("barman", &k)),
+                "barman",
+                22
+            ),
             HostKeyVerdict::Known
         );
     }
@@ -202,6 +250,9 @@ mod tests {
         let file = dir.path().join("sub/kh");
         let k = key(KEY_A);
         learn("127.0.0.1", 2022, &k, &file).unwrap();
-        assert_eq!(verify("127.0.0.1", 2022, &k, &[file]), HostKeyVerdict::Known);
+        assert_eq!(
+            verify("127.0.0.1", 2022, &k, &[file]),
+            HostKeyVerdict::Known
+        );
     }
 }

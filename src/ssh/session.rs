@@ -48,7 +48,10 @@ struct ClientHandler {
 impl client::Handler for ClientHandler {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let target = &self.target;
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
             *self.refusal.lock().unwrap() = Some(format!(
@@ -144,7 +147,10 @@ fn client_config(target: &SshTarget) -> client::Config {
 
 impl Session {
     /// Connects and authenticates once, within the connect timeout.
-    pub async fn connect(target: Arc<SshTarget>, stats: Arc<SessionStats>) -> Result<Session, Failure> {
+    pub async fn connect(
+        target: Arc<SshTarget>,
+        stats: Arc<SessionStats>,
+    ) -> Result<Session, Failure> {
         let deadline = target.connect_timeout;
         match tokio::time::timeout(deadline, Session::connect_inner(target.clone(), stats)).await {
             Ok(result) => result,
@@ -173,7 +179,9 @@ impl Session {
                 Err(e) if attempt >= attempts || !is_retryable(&e) => return Err(e),
                 Err(e) => {
                     if verbose {
-                        eprintln!("WARNING: attempt {attempt}/{attempts}: {e}; retrying in {pause:?}");
+                        eprintln!(
+                            "WARNING: attempt {attempt}/{attempts}: {e}; retrying in {pause:?}"
+                        );
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(4));
@@ -183,7 +191,10 @@ impl Session {
         }
     }
 
-    async fn connect_inner(target: Arc<SshTarget>, stats: Arc<SessionStats>) -> Result<Session, Failure> {
+    async fn connect_inner(
+        target: Arc<SshTarget>,
+        stats: Arc<SessionStats>,
+    ) -> Result<Session, Failure> {
         let where_ = target.display();
         let stream = TcpStream::connect((target.host_name.as_str(), target.port))
             .await
@@ -296,9 +307,17 @@ fn is_retryable(failure: &Failure) -> bool {
 }
 
 /// Agent first, then identity files, as OpenSSH tries them.
-async fn authenticate(handle: &mut Handle<ClientHandler>, target: &SshTarget) -> Result<(), Failure> {
+async fn authenticate(
+    handle: &mut Handle<ClientHandler>,
+    target: &SshTarget,
+) -> Result<(), Failure> {
     let user = target.user.clone();
-    let rsa_hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let rsa_hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten();
     let mut tried: Vec<String> = Vec::new();
 
     if !target.identities_explicit {
@@ -399,7 +418,9 @@ impl ExecChannel {
                         self.exit.stderr.extend_from_slice(&data);
                     }
                 }
-                Some(ChannelMsg::ExitStatus { exit_status }) => self.exit.status = Some(exit_status),
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    self.exit.status = Some(exit_status)
+                }
                 Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                     self.exit.signal = Some(format!("{signal_name:?}"));
                 }

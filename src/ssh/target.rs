@@ -83,9 +83,9 @@ pub fn passwd_home() -> Option<PathBuf> {
             return std::env::var_os("HOME").map(PathBuf::from);
         }
         let dir = std::ffi::CStr::from_ptr(pwd.pw_dir);
-        Some(PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked(
-            dir.to_bytes(),
-        )))
+        Some(PathBuf::from(
+            std::ffi::OsStr::from_encoded_bytes_unchecked(dir.to_bytes()),
+        ))
     }
 }
 
@@ -137,7 +137,11 @@ impl SshTarget {
         let raw = |field: &str| -> Option<Vec<String>> {
             params
                 .as_ref()
-                .and_then(|p| p.unsupported_fields.get(field).or(p.ignored_fields.get(field)))
+                .and_then(|p| {
+                    p.unsupported_fields
+                        .get(field)
+                        .or(p.ignored_fields.get(field))
+                })
                 .filter(|args| !args.is_empty())
                 .cloned()
         };
@@ -203,7 +207,9 @@ impl SshTarget {
             .as_ref()
             .and_then(|p| p.server_alive_interval)
             .filter(|d| !d.is_zero())
-            .or(Some(DEFAULT_ALIVE_INTERVAL.min(opts.io_timeout.max(Duration::from_secs(1)))));
+            .or(Some(
+                DEFAULT_ALIVE_INTERVAL.min(opts.io_timeout.max(Duration::from_secs(1))),
+            ));
 
         Ok(SshTarget {
             alias: opts.host.clone(),
@@ -248,9 +254,15 @@ mod tests {
             ..Default::default()
         };
         let t = SshTarget::resolve(&opts).unwrap();
-        assert_eq!((t.host_name.as_str(), t.port, t.user.as_str()), ("127.0.0.1", 2222, "barmanx"));
+        assert_eq!(
+            (t.host_name.as_str(), t.port, t.user.as_str()),
+            ("127.0.0.1", 2222, "barmanx")
+        );
         assert_eq!(t.identities, [PathBuf::from("/keys/id")]);
-        assert_eq!(t.known_hosts[..2], [PathBuf::from("/kh/one"), PathBuf::from("/kh/two")]);
+        assert_eq!(
+            t.known_hosts[..2],
+            [PathBuf::from("/kh/one"), PathBuf::from("/kh/two")]
+        );
         assert_eq!(t.host_key_policy, HostKeyPolicy::AcceptNew);
         assert_eq!(t.connect_timeout, Duration::from_secs(3));
         assert_eq!(t.server_alive_interval, Some(Duration::from_secs(7)));
@@ -267,7 +279,10 @@ mod tests {
         opts.host = "elsewhere".into();
         opts.user = None;
         let t = SshTarget::resolve(&opts).unwrap();
-        assert_eq!((t.host_name.as_str(), t.user.as_str()), ("elsewhere", "barman"));
+        assert_eq!(
+            (t.host_name.as_str(), t.user.as_str()),
+            ("elsewhere", "barman")
+        );
         assert_eq!(t.host_key_policy, HostKeyPolicy::Strict);
     }
 }
