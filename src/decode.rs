@@ -149,7 +149,7 @@ pub struct DecodeSink {
 
 impl DecodeSink {
     pub fn start(out: File, kind: WalKind) -> DecodeSink {
-        let (tx, rx) = mpsc::channel(32);
+        let (tx, rx) = mpsc::channel(8);
         let join =
             tokio::task::spawn_blocking(move || decode_stream(ChunkReader::new(rx), out, kind));
         DecodeSink { tx: Some(tx), join }
@@ -279,8 +279,8 @@ pub fn decode_stream<R: Read + Send>(
             Format::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(whole)),
             Format::Snappy => Box::new(snap::read::FrameDecoder::new(whole)),
         };
-    let mut writer = BufWriter::with_capacity(1 << 20, out);
-    let mut buf = vec![0u8; 256 << 10];
+    let mut writer = BufWriter::with_capacity(256 << 10, out);
+    let mut buf = vec![0u8; 128 << 10];
     let mut head = Vec::with_capacity(HEAD_LEN);
     let mut bytes_out = 0u64;
     loop {

@@ -20,12 +20,14 @@
 //! - [`restore`]: one restore_command call, from arguments to exit status.
 //! - [`exit`]: the only place that decides exit statuses.
 //! - [`shutdown`]: signals, and the temp files they must not leave behind.
+//! - [`bench`]: `barman-wal-bench`, measuring calls as PostgreSQL makes them.
 //! - [`embedded_barman`]: an in-process SSH server emulating a Barman host,
 //!   for hermetic tests and the benchmark's `--embedded` mode.
 
+pub mod bench;
 pub mod cli;
 pub mod decode;
-// pub mod embedded_barman; (added back once the module exists)
+pub mod embedded_barman;
 pub mod exit;
 pub mod fetch;
 pub mod remote;

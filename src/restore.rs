@@ -94,18 +94,26 @@ fn report(outcome: &Outcome, stats: &SessionStats) {
 }
 
 /// For benchmarks: `BARMAN_WAL_RESTORE_STATS=FILE` appends
-/// `connections channels refused` of this call to FILE.
+/// `connections channels refused peak_rss_kib` of this call to FILE. The
+/// peak RSS is read here because a parent's `wait4` may count memory of
+/// the parent copied before `exec`.
 fn write_stats(stats: &SessionStats) {
     let Some(path) = std::env::var_os("BARMAN_WAL_RESTORE_STATS") else {
         return;
     };
     let (connections, channels, refused) = stats.snapshot();
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{connections} {channels} {refused}");
+    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{connections} {channels} {refused} {peak_rss_kib}");
     }
 }
 

@@ -135,9 +135,9 @@ fn client_config(target: &SshTarget) -> client::Config {
         },
         // A large window keeps each channel streaming instead of waiting for
         // window adjustments (measured: 16 MiB helped).
-        window_size: 16 << 20,
+        window_size: 4 << 20,
         maximum_packet_size: 65535,
-        channel_buffer_size: 256,
+        channel_buffer_size: 16,
         keepalive_interval: target.server_alive_interval,
         keepalive_max: 3,
         nodelay: true,

@@ -1,0 +1,113 @@
+//! What the user asked `barman-wal-bench` to measure.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::cli::ConnectionArgs;
+use crate::embedded_barman::StoredCompression;
+
+/// Measure what `-p`, `--keep-compression` and the archive's compression buy
+/// a PostgreSQL standby: N sequential restore_command calls per setting,
+/// each a new process exactly as PostgreSQL runs them, side by side with
+/// another restore_command (`--compare`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "barman-wal-bench", version, args_override_self = true)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// Serve a generated archive from the in-process Barman emulation on
+    /// 127.0.0.1 instead of a real Barman (no setup needed)
+    #[arg(long)]
+    pub embedded: bool,
+
+    /// The Barman host (not with --embedded)
+    #[arg(value_name = "BARMAN_HOST", required_unless_present = "embedded")]
+    pub barman_host: Option<String>,
+
+    /// The Barman server name (not with --embedded)
+    #[arg(value_name = "SERVER_NAME", required_unless_present = "embedded")]
+    pub server_name: Option<String>,
+
+    /// First WAL segment to ask for [embedded: the first generated]
+    #[arg(long, value_name = "WAL")]
+    pub from: Option<String>,
+
+    /// How many sequential restore_command calls per setting
+    #[arg(long, default_value_t = 32)]
+    pub count: usize,
+
+    /// The `-p` values to measure, comma-separated
+    #[arg(short = 'p', long = "parallel", value_delimiter = ',', default_values_t = vec![0usize, 8])]
+    pub parallel: Vec<usize>,
+
+    /// Compressed transfer settings to measure: on (`--keep-compression`),
+    /// off (the server decompresses)
+    #[arg(long = "keep-compression", value_delimiter = ',', default_values_t = vec![OnOff::On])]
+    pub keep_compression: Vec<OnOff>,
+
+    /// Another restore_command to run in the same loop, interleaved setting
+    /// by setting, e.g. 'barman-wal-restore.py -U barman -p %j %k --spool-dir
+    /// %s barman angus %f %p'. Placeholders: %f WAL name, %p destination,
+    /// %s a fresh spool directory, %j the -p value, %k --keep-compression or
+    /// nothing
+    #[arg(long, value_name = "TEMPLATE")]
+    pub compare: Option<String>,
+
+    /// The barman-wal-restore binary to measure [default: beside this one]
+    #[arg(long, value_name = "PATH")]
+    pub restore_bin: Option<PathBuf>,
+
+    /// Write the results as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Where fresh spools and destinations are made [default: the system
+    /// temp directory; put it on the filesystem of pg_wal to be realistic]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// Embedded: stored compression of the generated archive (none, gzip,
+    /// bzip2, xz, zstd, lz4, snappy, mixed)
+    #[arg(long, default_value = "zstd", value_parser = parse_compression)]
+    pub stored: StoredCompression,
+
+    /// Embedded: segment size in MiB (PostgreSQL's default is 16)
+    #[arg(long, default_value_t = 16)]
+    pub segment_mib: u64,
+
+    /// Embedded: emulated start-up time of Barman's Python per remote
+    /// command, in ms (about 110 ms on a real Barman host)
+    #[arg(long, default_value_t = 110)]
+    pub command_latency_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl std::fmt::Display for OnOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnOff::On => "on",
+            OnOff::Off => "off",
+        })
+    }
+}
+
+fn parse_compression(s: &str) -> Result<StoredCompression, String> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "none" => StoredCompression::None,
+        "gzip" => StoredCompression::Gzip,
+        "bzip2" => StoredCompression::Bzip2,
+        "xz" => StoredCompression::Xz,
+        "zstd" => StoredCompression::Zstd,
+        "lz4" => StoredCompression::Lz4,
+        "snappy" => StoredCompression::Snappy,
+        "mixed" => StoredCompression::Mixed,
+        other => return Err(format!("unknown compression {other:?}")),
+    })
+}

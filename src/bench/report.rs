@@ -1,0 +1,198 @@
+//! Results as data first (a summary per program and setting), rendered
+//! second: a table for people, JSON for machines.
+
+use serde::Serialize;
+
+use super::runner::CallRecord;
+
+/// One program under one setting.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub program: String,
+    pub parallel: usize,
+    pub keep_compression: bool,
+    pub calls: usize,
+    pub failed: usize,
+    pub mismatched: usize,
+    pub wall_seconds: f64,
+    pub segments_per_second: f64,
+    pub mib_per_second: f64,
+    pub hits: Latency,
+    pub misses: Latency,
+    /// Counted by our binary itself, or by the embedded server.
+    pub connections: Option<u64>,
+    pub channels: Option<u64>,
+    pub cpu_seconds: f64,
+    pub peak_rss_mib: f64,
+    pub records: Vec<CallRecord>,
+}
+
+/// Per-call latency in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(mut seconds: Vec<f64>) -> Latency {
+        if seconds.is_empty() {
+            return Latency::default();
+        }
+        seconds.sort_by(f64::total_cmp);
+        let at = |q: f64| seconds[((seconds.len() - 1) as f64 * q).round() as usize] * 1000.0;
+        Latency {
+            count: seconds.len(),
+            p50_ms: at(0.5),
+            p95_ms: at(0.95),
+            max_ms: at(1.0),
+        }
+    }
+
+    fn render(&self) -> String {
+        if self.count == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0}/{:.0}/{:.0}", self.p50_ms, self.p95_ms, self.max_ms)
+        }
+    }
+}
+
+impl Summary {
+    pub fn new(
+        program: &str,
+        parallel: usize,
+        keep_compression: bool,
+        wall_seconds: f64,
+        records: Vec<CallRecord>,
+        server_counts: Option<(u64, u64)>,
+    ) -> Summary {
+        let bytes: u64 = records.iter().map(|r| r.bytes).sum();
+        let ok = records.iter().filter(|r| r.status == 0).count();
+        let sum_opt = |f: fn(&CallRecord) -> Option<u64>| -> Option<u64> {
+            records.iter().map(f).sum::<Option<u64>>()
+        };
+        let (connections, channels) = match server_counts {
+            Some((c, ch)) => (Some(c), Some(ch)),
+            None => (sum_opt(|r| r.connections), sum_opt(|r| r.channels)),
+        };
+        Summary {
+            program: program.to_string(),
+            parallel,
+            keep_compression,
+            calls: records.len(),
+            failed: records.len() - ok,
+            mismatched: records.iter().filter(|r| r.mismatch).count(),
+            wall_seconds,
+            segments_per_second: ok as f64 / wall_seconds.max(1e-9),
+            mib_per_second: bytes as f64 / (1 << 20) as f64 / wall_seconds.max(1e-9),
+            hits: Latency::of(records.iter().filter(|r| r.spool_hit).map(|r| r.seconds).collect()),
+            misses: Latency::of(records.iter().filter(|r| !r.spool_hit).map(|r| r.seconds).collect()),
+            connections,
+            channels,
+            cpu_seconds: records.iter().map(|r| r.cpu_seconds).sum(),
+            peak_rss_mib: records.iter().map(|r| r.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+            records,
+        }
+    }
+}
+
+/// The whole run, as written by `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub target: String,
+    pub first_wal: String,
+    pub count: usize,
+    pub summaries: Vec<Summary>,
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
+}
+
+/// The table, one row per program and setting, then the ratios.
+pub fn render_table(report: &BenchReport) -> String {
+    let mut out = format!(
+        "{} sequential restore_command calls from {} against {}\n\n",
+        report.count, report.first_wal, report.target
+    );
+    out.push_str(&format!(
+        "{:<10} {:>3} {:>4} {:>8} {:>7} {:>7} {:>16} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
+        "program", "-p", "keep", "wall s", "seg/s", "MiB/s", "hit p50/95/max", "miss p50/95/max",
+        "conns", "chans", "cpu s", "RSS MiB", "failed"
+    ));
+    for s in &report.summaries {
+        out.push_str(&format!(
+            "{:<10} {:>3} {:>4} {:>8.2} {:>7.1} {:>7.1} {:>16} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
+            s.program,
+            s.parallel,
+            if s.keep_compression { "on" } else { "off" },
+            s.wall_seconds,
+            s.segments_per_second,
+            s.mib_per_second,
+            s.hits.render(),
+            s.misses.render(),
+            opt(s.connections),
+            opt(s.channels),
+            s.cpu_seconds,
+            s.peak_rss_mib,
+            if s.mismatched > 0 {
+                format!("{}+{}!", s.failed, s.mismatched)
+            } else {
+                s.failed.to_string()
+            }
+        ));
+    }
+    let ours: Vec<&Summary> = report.summaries.iter().filter(|s| s.program == "ours").collect();
+    let mut ratios = String::new();
+    for o in &ours {
+        for other in report.summaries.iter().filter(|s| {
+            s.program != "ours" && s.parallel == o.parallel && s.keep_compression == o.keep_compression
+        }) {
+            ratios.push_str(&format!(
+                "  -p {} keep {}: ours is {:.2} times faster than {} ({:.2} s vs {:.2} s)\n",
+                o.parallel,
+                if o.keep_compression { "on" } else { "off" },
+                other.wall_seconds / o.wall_seconds.max(1e-9),
+                other.program,
+                o.wall_seconds,
+                other.wall_seconds
+            ));
+        }
+    }
+    if let Some(base) = ours.first() {
+        for o in ours.iter().skip(1) {
+            ratios.push_str(&format!(
+                "  ours -p {} keep {} is {:.2} times faster than ours -p {} keep {}\n",
+                o.parallel,
+                if o.keep_compression { "on" } else { "off" },
+                base.wall_seconds / o.wall_seconds.max(1e-9),
+                base.parallel,
+                if base.keep_compression { "on" } else { "off" },
+            ));
+        }
+    }
+    if !ratios.is_empty() {
+        out.push_str("\nratios (same run, side by side):\n");
+        out.push_str(&ratios);
+    }
+    let bad: usize = report.summaries.iter().map(|s| s.failed + s.mismatched).sum();
+    if bad > 0 {
+        out.push_str(&format!("\n{bad} call(s) failed or delivered different bytes; see --json for details\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_taken_from_sorted_samples() {
+        let l = Latency::of(vec![0.005, 0.001, 0.003, 0.002, 0.004]);
+        assert_eq!((l.count, l.p50_ms, l.max_ms), (5, 3.0, 5.0));
+        assert_eq!(Latency::of(vec![]).render(), "-");
+    }
+}

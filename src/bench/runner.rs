@@ -1,0 +1,242 @@
+//! Measurement: runs restore_command calls one after another, each a new
+//! process as PostgreSQL makes them, and records what each cost.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha1::{Digest, Sha1};
+
+use crate::wal::WalName;
+
+/// One restore_command to measure, with its argument list ready but for
+/// the WAL name, destination and spool.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// Our binary: `program args... WAL DEST`, with `--spool-dir` set.
+    Ours {
+        bin: PathBuf,
+        args: Vec<String>,
+    },
+    /// Any command line, through `sh -c`, placeholders substituted.
+    Template(String),
+}
+
+/// What one call did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallRecord {
+    pub wal: String,
+    pub status: i32,
+    pub seconds: f64,
+    /// The file was in the spool before the call.
+    pub spool_hit: bool,
+    pub cpu_seconds: f64,
+    pub max_rss_kib: u64,
+    pub bytes: u64,
+    /// Our binary's own count of connections and channels (none for others).
+    pub connections: Option<u64>,
+    pub channels: Option<u64>,
+    /// The bytes differ from the first run's.
+    pub mismatch: bool,
+    /// The last stderr line of a failed call.
+    pub error: Option<String>,
+}
+
+/// Digests of what the first run delivered: every later run must match.
+#[derive(Debug, Default)]
+pub struct Oracle {
+    digests: HashMap<String, [u8; 20]>,
+}
+
+impl Oracle {
+    /// Records or checks a digest; `true` when it differs from the record.
+    fn check(&mut self, wal: &str, digest: [u8; 20]) -> bool {
+        match self.digests.get(wal) {
+            Some(known) => *known != digest,
+            None => {
+                self.digests.insert(wal.to_string(), digest);
+                false
+            }
+        }
+    }
+}
+
+fn digest_file(path: &Path) -> std::io::Result<([u8; 20], u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha1::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hasher.finalize().into(), total))
+}
+
+fn shell_quote(s: &str) -> String {
+    crate::remote::shell_quote(s)
+}
+
+/// Substitutes the template's placeholders (`%f %p %s %j %k %%`).
+pub fn expand_template(template: &str, wal: &str, dest: &Path, spool: &Path, parallel: usize, keep: bool) -> String {
+    let mut out = String::new();
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('f') => out.push_str(&shell_quote(wal)),
+            Some('p') => out.push_str(&shell_quote(&dest.to_string_lossy())),
+            Some('s') => out.push_str(&shell_quote(&spool.to_string_lossy())),
+            Some('j') => out.push_str(&parallel.to_string()),
+            Some('k') => {
+                if keep {
+                    out.push_str("--keep-compression");
+                }
+            }
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Runs one process and waits for it with `wait4`, which gives its CPU
+/// time and peak RSS (std's `wait` does not).
+fn run_measured(mut command: Command) -> std::io::Result<(i32, Duration, f64, u64, String)> {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn()?;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: plain syscall on our own child; rusage is written by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let elapsed = started.elapsed();
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    Ok((code, elapsed, cpu, usage.ru_maxrss as u64, stderr))
+}
+
+/// Runs `count` calls from `first`, in a fresh spool and destination under
+/// `work`, as PostgreSQL would: one after another, each a new process.
+#[allow(clippy::too_many_arguments)]
+pub fn run_calls(
+    program: &Program,
+    names: &[WalName],
+    work: &Path,
+    parallel: usize,
+    keep: bool,
+    oracle: &mut Oracle,
+    mut progress: impl FnMut(),
+) -> std::io::Result<Vec<CallRecord>> {
+    let run_dir = tempfile::Builder::new().prefix("bench-").tempdir_in(work)?;
+    let spool = run_dir.path().join("spool");
+    let dest_dir = run_dir.path().join("pg_wal");
+    std::fs::create_dir(&dest_dir)?;
+    let dest = dest_dir.join("RECOVERYXLOG");
+    let stats_file = run_dir.path().join("stats");
+    let mut records = Vec::with_capacity(names.len());
+    for wal in names {
+        let spool_hit = spool.join(wal.as_str()).exists();
+        let _ = std::fs::remove_file(&stats_file);
+        let command = match program {
+            Program::Ours { bin, args } => {
+                let mut c = Command::new(bin);
+                c.args(args)
+                    .arg("-p")
+                    .arg(parallel.to_string())
+                    .arg(if keep { "--keep-compression" } else { "--no-keep-compression" })
+                    .arg("--spool-dir")
+                    .arg(&spool)
+                    .arg(wal.as_str())
+                    .arg(&dest)
+                    .env("BARMAN_WAL_RESTORE_STATS", &stats_file);
+                c
+            }
+            Program::Template(template) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(expand_template(template, wal.as_str(), &dest, &spool, parallel, keep));
+                c
+            }
+        };
+        let (status, elapsed, cpu, rss, stderr) = run_measured(command)?;
+        let (connections, channels, own_rss) = match std::fs::read_to_string(&stats_file) {
+            Ok(text) => {
+                let n: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+                (n.first().copied(), n.get(1).copied(), n.get(3).copied())
+            }
+            Err(_) => (None, None, None),
+        };
+        let (mismatch, bytes) = if status == 0 {
+            match digest_file(&dest) {
+                Ok((digest, bytes)) => (oracle.check(wal.as_str(), digest), bytes),
+                Err(_) => (true, 0),
+            }
+        } else {
+            (false, 0)
+        };
+        let _ = std::fs::remove_file(&dest);
+        records.push(CallRecord {
+            wal: wal.to_string(),
+            status,
+            seconds: elapsed.as_secs_f64(),
+            spool_hit,
+            cpu_seconds: cpu,
+            max_rss_kib: own_rss.unwrap_or(rss),
+            bytes,
+            connections,
+            channels,
+            mismatch,
+            error: (status != 0).then(|| stderr.lines().last().unwrap_or("").to_string()),
+        });
+        progress();
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand_and_quote() {
+        let s = expand_template(
+            "bwr -p %j %k --spool-dir %s h s %f %p 100%%",
+            "000000010000000000000001",
+            Path::new("/d/RECOVERYXLOG"),
+            Path::new("/tmp/it's"),
+            8,
+            true,
+        );
+        assert_eq!(
+            s,
+            "bwr -p 8 --keep-compression --spool-dir '/tmp/it'\\''s' h s '000000010000000000000001' '/d/RECOVERYXLOG' 100%"
+        );
+    }
+}
