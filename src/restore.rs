@@ -112,7 +112,11 @@ fn write_stats(stats: &SessionStats) {
                 .and_then(|n| n.parse::<u64>().ok())
         })
         .unwrap_or(0);
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{connections} {channels} {refused} {peak_rss_kib}");
     }
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::embedded_barman::{ArchiveSpec, BackgroundBarman, EmbeddedBarman, EmbeddedConfig, Faults};
+use crate::embedded_barman::{
+    ArchiveSpec, BackgroundBarman, EmbeddedBarman, EmbeddedConfig, Faults,
+};
 use crate::wal::WalName;
 use options::{BenchArgs, OnOff};
 use report::{BenchReport, Summary};
@@ -81,7 +83,10 @@ fn prepare_target(args: &BenchArgs) -> Result<Target, String> {
     if !segment_size.is_power_of_two() || segment_size > 1 << 30 {
         return Err("--segment-mib must be a power of two from 1 to 1024".into());
     }
-    let first = args.from.clone().unwrap_or_else(|| "000000010000000000000001".to_string());
+    let first = args
+        .from
+        .clone()
+        .unwrap_or_else(|| "000000010000000000000001".to_string());
     WalName::parse(&first).map_err(|e| e.to_string())?;
     eprintln!(
         "generating {} segments of {} MiB ({:?}) for the embedded Barman...",
@@ -101,7 +106,8 @@ fn prepare_target(args: &BenchArgs) -> Result<Target, String> {
         },
         ..EmbeddedConfig::default()
     };
-    let barman = EmbeddedBarman::start_in_background(config).map_err(|e| format!("embedded Barman: {e}"))?;
+    let barman =
+        EmbeddedBarman::start_in_background(config).map_err(|e| format!("embedded Barman: {e}"))?;
     let connection_args = vec![
         "-U".to_string(),
         "barman".to_string(),
@@ -155,13 +161,20 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     let work = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut ours_args = target.connection_args.clone();
     ours_args.extend([target.host.clone(), target.server.clone()]);
-    let ours = Program::Ours { bin, args: ours_args };
+    let ours = Program::Ours {
+        bin,
+        args: ours_args,
+    };
     let compare = args.compare.as_ref().map(|t| Program::Template(t.clone()));
 
     let settings: Vec<(usize, bool)> = args
         .parallel
         .iter()
-        .flat_map(|&p| args.keep_compression.iter().map(move |&k| (p, k == OnOff::On)))
+        .flat_map(|&p| {
+            args.keep_compression
+                .iter()
+                .map(move |&k| (p, k == OnOff::On))
+        })
         .collect();
     let programs: Vec<(&str, &Program)> = std::iter::once(("ours", &ours))
         .chain(compare.as_ref().map(|c| ("compare", c)))
@@ -182,10 +195,16 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     let mut summaries = Vec::new();
     for &(parallel, keep) in &settings {
         for &(label, program) in &programs {
-            bar.set_message(format!("{label} -p {parallel} keep {}", if keep { "on" } else { "off" }));
+            bar.set_message(format!(
+                "{label} -p {parallel} keep {}",
+                if keep { "on" } else { "off" }
+            ));
             let before = target.embedded.as_ref().map(|b| b.stats());
             let started = Instant::now();
-            let records = runner::run_calls(program, &names, &work, parallel, keep, &mut oracle, || bar.inc(1))
+            let records =
+                runner::run_calls(program, &names, &work, parallel, keep, &mut oracle, || {
+                    bar.inc(1)
+                })
                 .map_err(|e| format!("running {label}: {e}"))?;
             let wall = started.elapsed().as_secs_f64();
             let server_counts = match (&target.embedded, before) {
@@ -198,13 +217,23 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
                 }
                 _ => None,
             };
-            summaries.push(Summary::new(label, parallel, keep, wall, records, server_counts));
+            summaries.push(Summary::new(
+                label,
+                parallel,
+                keep,
+                wall,
+                records,
+                server_counts,
+            ));
         }
     }
     bar.finish_and_clear();
     let report = BenchReport {
         target: if target.embedded.is_some() {
-            format!("the embedded Barman ({:?}, {} MiB segments)", args.stored, args.segment_mib)
+            format!(
+                "the embedded Barman ({:?}, {} MiB segments)",
+                args.stored, args.segment_mib
+            )
         } else {
             format!("{} server {}", target.host, target.server)
         },
@@ -217,6 +246,9 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, json).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
-    let bad = report.summaries.iter().any(|s| s.failed > 0 || s.mismatched > 0);
+    let bad = report
+        .summaries
+        .iter()
+        .any(|s| s.failed > 0 || s.mismatched > 0);
     Ok(if bad { 1 } else { 0 })
 }

@@ -88,8 +88,20 @@ impl Summary {
             wall_seconds,
             segments_per_second: ok as f64 / wall_seconds.max(1e-9),
             mib_per_second: bytes as f64 / (1 << 20) as f64 / wall_seconds.max(1e-9),
-            hits: Latency::of(records.iter().filter(|r| r.spool_hit).map(|r| r.seconds).collect()),
-            misses: Latency::of(records.iter().filter(|r| !r.spool_hit).map(|r| r.seconds).collect()),
+            hits: Latency::of(
+                records
+                    .iter()
+                    .filter(|r| r.spool_hit)
+                    .map(|r| r.seconds)
+                    .collect(),
+            ),
+            misses: Latency::of(
+                records
+                    .iter()
+                    .filter(|r| !r.spool_hit)
+                    .map(|r| r.seconds)
+                    .collect(),
+            ),
             connections,
             channels,
             cpu_seconds: records.iter().map(|r| r.cpu_seconds).sum(),
@@ -120,8 +132,19 @@ pub fn render_table(report: &BenchReport) -> String {
     );
     out.push_str(&format!(
         "{:<10} {:>3} {:>4} {:>8} {:>7} {:>7} {:>16} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
-        "program", "-p", "keep", "wall s", "seg/s", "MiB/s", "hit p50/95/max", "miss p50/95/max",
-        "conns", "chans", "cpu s", "RSS MiB", "failed"
+        "program",
+        "-p",
+        "keep",
+        "wall s",
+        "seg/s",
+        "MiB/s",
+        "hit p50/95/max",
+        "miss p50/95/max",
+        "conns",
+        "chans",
+        "cpu s",
+        "RSS MiB",
+        "failed"
     ));
     for s in &report.summaries {
         out.push_str(&format!(
@@ -145,11 +168,17 @@ pub fn render_table(report: &BenchReport) -> String {
             }
         ));
     }
-    let ours: Vec<&Summary> = report.summaries.iter().filter(|s| s.program == "ours").collect();
+    let ours: Vec<&Summary> = report
+        .summaries
+        .iter()
+        .filter(|s| s.program == "ours")
+        .collect();
     let mut ratios = String::new();
     for o in &ours {
         for other in report.summaries.iter().filter(|s| {
-            s.program != "ours" && s.parallel == o.parallel && s.keep_compression == o.keep_compression
+            s.program != "ours"
+                && s.parallel == o.parallel
+                && s.keep_compression == o.keep_compression
         }) {
             ratios.push_str(&format!(
                 "  -p {} keep {}: ours is {:.2} times faster than {} ({:.2} s vs {:.2} s)\n",
@@ -178,9 +207,15 @@ pub fn render_table(report: &BenchReport) -> String {
         out.push_str("\nratios (same run, side by side):\n");
         out.push_str(&ratios);
     }
-    let bad: usize = report.summaries.iter().map(|s| s.failed + s.mismatched).sum();
+    let bad: usize = report
+        .summaries
+        .iter()
+        .map(|s| s.failed + s.mismatched)
+        .sum();
     if bad > 0 {
-        out.push_str(&format!("\n{bad} call(s) failed or delivered different bytes; see --json for details\n"));
+        out.push_str(&format!(
+            "\n{bad} call(s) failed or delivered different bytes; see --json for details\n"
+        ));
     }
     out
 }

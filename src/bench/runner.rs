@@ -16,10 +16,7 @@ use crate::wal::WalName;
 #[derive(Debug, Clone)]
 pub enum Program {
     /// Our binary: `program args... WAL DEST`, with `--spool-dir` set.
-    Ours {
-        bin: PathBuf,
-        args: Vec<String>,
-    },
+    Ours { bin: PathBuf, args: Vec<String> },
     /// Any command line, through `sh -c`, placeholders substituted.
     Template(String),
 }
@@ -84,7 +81,14 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// Substitutes the template's placeholders (`%f %p %s %j %k %%`).
-pub fn expand_template(template: &str, wal: &str, dest: &Path, spool: &Path, parallel: usize, keep: bool) -> String {
+pub fn expand_template(
+    template: &str,
+    wal: &str,
+    dest: &Path,
+    spool: &Path,
+    parallel: usize,
+    keep: bool,
+) -> String {
     let mut out = String::new();
     let mut chars = template.chars();
     while let Some(c) = chars.next() {
@@ -116,7 +120,10 @@ pub fn expand_template(template: &str, wal: &str, dest: &Path, spool: &Path, par
 /// Runs one process and waits for it with `wait4`, which gives its CPU
 /// time and peak RSS (std's `wait` does not).
 fn run_measured(mut command: Command) -> std::io::Result<(i32, Duration, f64, u64, String)> {
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = command.spawn()?;
     let mut stderr = String::new();
@@ -170,7 +177,11 @@ pub fn run_calls(
                 c.args(args)
                     .arg("-p")
                     .arg(parallel.to_string())
-                    .arg(if keep { "--keep-compression" } else { "--no-keep-compression" })
+                    .arg(if keep {
+                        "--keep-compression"
+                    } else {
+                        "--no-keep-compression"
+                    })
                     .arg("--spool-dir")
                     .arg(&spool)
                     .arg(wal.as_str())
@@ -180,15 +191,24 @@ pub fn run_calls(
             }
             Program::Template(template) => {
                 let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(expand_template(template, wal.as_str(), &dest, &spool, parallel, keep));
+                c.arg("-c").arg(expand_template(
+                    template,
+                    wal.as_str(),
+                    &dest,
+                    &spool,
+                    parallel,
+                    keep,
+                ));
                 c
             }
         };
         let (status, elapsed, cpu, rss, stderr) = run_measured(command)?;
         let (connections, channels, own_rss) = match std::fs::read_to_string(&stats_file) {
             Ok(text) => {
-                let n: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+                let n: Vec<u64> = text
+                    .split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
                 (n.first().copied(), n.get(1).copied(), n.get(3).copied())
             }
             Err(_) => (None, None, None),
