@@ -147,6 +147,12 @@ pub struct RestoreArgs {
     #[arg(long = "on-failure", value_enum, value_name = "POLICY", default_value_t = FailurePolicy::Auto)]
     pub on_failure: FailurePolicy,
 
+    /// (ours) Read the stored WAL files directly (cat over the session)
+    /// instead of one `barman get-wal` per file; falls back to get-wal for
+    /// anything it cannot settle. Needs an account that may run cat and ls
+    #[arg(long = "direct-read")]
+    pub direct_read: bool,
+
     /// (ours) Deliver files without checking their WAL headers
     #[arg(long = "no-verify")]
     pub no_verify: bool,

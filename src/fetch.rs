@@ -6,7 +6,9 @@
 //! keeps up to N of those in flight for a list of names, a sliding window
 //! rather than batches, treating a refused channel (OpenSSH's `MaxSessions`)
 //! as back-pressure. A one-shot restore_command call and a long-lived
-//! background prefetcher use the same two operations.
+//! background prefetcher use the same two operations. With `--direct-read`
+//! both read the stored files first ([`crate::direct`]) and ask `barman
+//! get-wal` for whatever that cannot settle.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::decode::{DecodeError, DecodeSink, Format};
+use crate::direct::{self, ArchiveLayout, DirectState};
 use crate::exit::Failure;
-use crate::remote::{parse_peek, BarmanServer, Transfer};
+use crate::remote::{parse_peek, BarmanServer, RemoteExit, Transfer};
 use crate::spool::{self, Spool, TempFile};
 use crate::ssh::{ExecChannel, OpenError, Session};
 use crate::validate;
@@ -63,6 +66,8 @@ pub struct Fetcher {
     /// The system identifier of the first segment delivered: every later
     /// segment of this fetcher must share it.
     system_identifier: Mutex<Option<u64>>,
+    /// Set by [`Fetcher::learn_layout`] for `--direct-read`.
+    direct: Mutex<Option<DirectRead>>,
 }
 
 /// The longest pause between two tries of a refused channel open; a freed
@@ -78,6 +83,7 @@ impl Fetcher {
             slot_freed: Notify::new(),
             keep_rejected: AtomicBool::new(false),
             system_identifier: Mutex::new(None),
+            direct: Mutex::new(None),
         }
     }
 
@@ -123,6 +129,11 @@ impl Fetcher {
 
     /// `get-wal --peek N`: the names Barman has from `wal` on.
     pub async fn peek(&self, wal: &WalName, count: usize) -> Result<Vec<WalName>, Failure> {
+        if let Some(layout) = self.layout() {
+            if let Some(names) = self.peek_direct(&layout, wal, count).await {
+                return Ok(names);
+            }
+        }
         let command = self.server.peek(wal, count);
         let mut exec = self.exec(&command).await?;
         let mut stdout = Vec::new();
@@ -161,6 +172,13 @@ impl Fetcher {
     /// Fetches `wal` to `dest`: written under a temp name beside `dest`,
     /// decoded while it arrives, validated, synced, renamed.
     pub async fn transfer(&self, wal: &WalName, dest: &Path) -> Result<Delivered, Failure> {
+        if wal.kind() != WalKind::Partial {
+            if let Some(layout) = self.layout() {
+                if let Some(delivered) = self.transfer_direct(&layout, wal, dest).await? {
+                    return Ok(delivered);
+                }
+            }
+        }
         let mut transfer = self.transfer_for(wal);
         loop {
             match self.transfer_once(wal, dest, transfer).await {
@@ -183,15 +201,40 @@ impl Fetcher {
         dest: &Path,
         transfer: Transfer,
     ) -> Result<Delivered, Attempt> {
-        let started = Instant::now();
         let command = self.server.get_wal(wal, transfer, self.options.partial);
+        match self.stream(&command, wal, dest).await {
+            Ok(delivered) => Ok(delivered),
+            Err(StreamEnd::Remote(exit)) => {
+                if self.options.auto_keep
+                    && transfer == Transfer::KeepCompression
+                    && exit.is_usage_error()
+                {
+                    self.keep_rejected.store(true, Ordering::Relaxed);
+                    return Err(Attempt::RetryDecompressed(
+                        "this Barman does not know --keep-compression".into(),
+                    ));
+                }
+                Err(Attempt::Failed(exit.into_failure("barman get-wal")))
+            }
+            Err(StreamEnd::Undecodable(why)) => Err(Attempt::RetryDecompressed(why)),
+            Err(StreamEnd::Failed(failure)) => Err(Attempt::Failed(failure)),
+        }
+    }
+
+    /// Runs `command` and delivers its stdout to `dest`: a temp name beside
+    /// it, decoded while it arrives, validated, synced, renamed.
+    async fn stream(
+        &self,
+        command: &str,
+        wal: &WalName,
+        dest: &Path,
+    ) -> Result<Delivered, StreamEnd> {
+        let started = Instant::now();
+        let local = |e: std::io::Error| StreamEnd::Failed(spool::dest_failure(dest, &e));
         let dir = spool::parent_dir(dest);
-        let (temp, file) = TempFile::create_in(dir, wal.as_str())
-            .map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
-        let output = file
-            .try_clone()
-            .map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
-        let mut exec = self.exec(&command).await.map_err(Attempt::Failed)?;
+        let (temp, file) = TempFile::create_in(dir, wal.as_str()).map_err(local)?;
+        let output = file.try_clone().map_err(local)?;
+        let mut exec = self.exec(command).await.map_err(StreamEnd::Failed)?;
         let mut sink = DecodeSink::start(output, wal.kind());
         let streamed = async {
             while let Some(chunk) = exec.next_stdout().await? {
@@ -215,46 +258,33 @@ impl Fetcher {
         };
         self.channel_done();
         let decoded = sink.finish().await;
-        // What went wrong first decides the answer: the transport, then
-        // Barman's own status, then what we made of the bytes.
+        // What went wrong first decides the answer: the transport, then the
+        // remote command's own status, then what we made of the bytes.
         if let Some(failure) = transport {
-            return Err(Attempt::Failed(failure));
+            return Err(StreamEnd::Failed(failure));
         }
         if let Some(exit) = exit {
             if exit.status != Some(0) {
-                if self.options.auto_keep
-                    && transfer == Transfer::KeepCompression
-                    && exit.is_usage_error()
-                {
-                    self.keep_rejected.store(true, Ordering::Relaxed);
-                    return Err(Attempt::RetryDecompressed(
-                        "this Barman does not know --keep-compression".into(),
-                    ));
-                }
-                return Err(Attempt::Failed(exit.into_failure("barman get-wal")));
+                return Err(StreamEnd::Remote(exit));
             }
         }
         let decoded = match decoded {
             Ok(decoded) => decoded,
-            Err(DecodeError::UnknownFormat(head)) => {
-                return Err(Attempt::RetryDecompressed(format!(
-                    "{wal}: {}",
-                    DecodeError::UnknownFormat(head)
-                )));
+            Err(e @ DecodeError::UnknownFormat(_)) => {
+                return Err(StreamEnd::Undecodable(format!("{wal}: {e}")));
             }
-            Err(DecodeError::Write(e)) => {
-                return Err(Attempt::Failed(spool::dest_failure(dest, &e)))
-            }
+            Err(DecodeError::Write(e)) => return Err(local(e)),
             Err(e @ DecodeError::Corrupt { .. }) => {
-                return Err(Attempt::Failed(Failure::BadPayload(format!("{wal}: {e}"))));
+                return Err(StreamEnd::Failed(Failure::BadPayload(format!(
+                    "{wal}: {e}"
+                ))));
             }
         };
         if self.options.verify {
             self.check(wal, decoded.bytes_out, &decoded.head)
-                .map_err(|why| Attempt::Failed(Failure::BadPayload(why)))?;
+                .map_err(|why| StreamEnd::Failed(Failure::BadPayload(why)))?;
         }
-        temp.commit(&decoded.file, dest)
-            .map_err(|e| Attempt::Failed(spool::dest_failure(dest, &e)))?;
+        temp.commit(&decoded.file, dest).map_err(local)?;
         Ok(Delivered {
             wal: wal.clone(),
             path: dest.to_path_buf(),
@@ -263,6 +293,133 @@ impl Fetcher {
             bytes_out: decoded.bytes_out,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Learns the archive layout for `--direct-read`: from the cache when
+    /// fresh, else from `barman show-server`. Without a layout, every file
+    /// goes through get-wal.
+    pub async fn learn_layout(&self, cache: Option<PathBuf>) {
+        let cached = cache.as_deref().and_then(direct::load_cache);
+        let state = match cached {
+            Some(state) => state,
+            None => {
+                let command = direct::show_server_command(&self.server);
+                let answer = match self.exec(&command).await {
+                    Ok(exec) => read_small(exec).await,
+                    Err(_) => None,
+                };
+                self.channel_done();
+                match answer.and_then(|text| direct::ArchiveLayout::parse_show_server(&text)) {
+                    Some(layout) => {
+                        let state = DirectState::Available(layout);
+                        if let Some(path) = &cache {
+                            direct::store_cache(path, &state);
+                        }
+                        state
+                    }
+                    None => {
+                        if self.options.verbose {
+                            eprintln!(
+                                "INFO: barman show-server gave no archive layout; using get-wal"
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        *self.direct.lock().unwrap() = Some(DirectRead { state, cache });
+    }
+
+    /// The layout, while direct reads are usable on this target.
+    fn layout(&self) -> Option<ArchiveLayout> {
+        match self.direct.lock().unwrap().as_ref().map(|d| &d.state) {
+            Some(DirectState::Available(layout)) => Some(layout.clone()),
+            _ => None,
+        }
+    }
+
+    /// The account refused `cat` or `ls`: say so once, remember it, and use
+    /// get-wal from now on.
+    fn direct_refused(&self, why: &str) {
+        let mut direct = self.direct.lock().unwrap();
+        if let Some(d) = direct.as_mut() {
+            if d.state != DirectState::Restricted {
+                d.state = DirectState::Restricted;
+                if let Some(path) = &d.cache {
+                    direct::store_cache(path, &DirectState::Restricted);
+                }
+                if self.options.verbose {
+                    eprintln!("INFO: direct read refused ({why}); using barman get-wal instead");
+                }
+            }
+        }
+    }
+
+    /// Reads a stored file where get-wal would find it. `Ok(None)`: direct
+    /// read cannot settle it, ask get-wal.
+    async fn transfer_direct(
+        &self,
+        layout: &ArchiveLayout,
+        wal: &WalName,
+        dest: &Path,
+    ) -> Result<Option<Delivered>, Failure> {
+        for path in layout.candidates(wal) {
+            match self.stream(&direct::cat_command(&path), wal, dest).await {
+                Ok(delivered) => return Ok(Some(delivered)),
+                Err(StreamEnd::Remote(exit))
+                    if direct::is_missing_file(exit.status, &exit.stderr) => {}
+                Err(StreamEnd::Remote(exit)) => {
+                    let said = exit.stderr_lines().join(" / ");
+                    self.direct_refused(&format!("cat exited with {:?}: {said}", exit.status));
+                    return Ok(None);
+                }
+                Err(StreamEnd::Undecodable(why)) => {
+                    if self.options.verbose {
+                        eprintln!("INFO: {why}; asking barman get-wal");
+                    }
+                    return Ok(None);
+                }
+                Err(StreamEnd::Failed(failure)) => return Err(failure),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Lists what follows `wal` in the archive without Barman: its log's
+    /// directory, and the next log's when that one runs out.
+    async fn peek_direct(
+        &self,
+        layout: &ArchiveLayout,
+        wal: &WalName,
+        count: usize,
+    ) -> Option<Vec<WalName>> {
+        let (tli, (log, _)) = (wal.timeline(), wal.position());
+        let mut names = Vec::new();
+        for log in [log, log.checked_add(1)?] {
+            let dir = layout.hash_dir(&format!("{tli:08X}{log:08X}"));
+            let exec = self.exec(&direct::list_command(&dir)).await.ok();
+            let listing = match exec {
+                Some(exec) => read_small_bytes(exec).await,
+                None => None,
+            };
+            self.channel_done();
+            match listing {
+                Some((status, bytes)) if status == Some(0) => {
+                    names.extend(direct::names_after(&bytes, wal))
+                }
+                Some((Some(2), _)) => {} // no such directory: the archive ends there
+                _ => {
+                    self.direct_refused("ls was refused");
+                    return None;
+                }
+            }
+            if names.len() + 1 >= count {
+                break;
+            }
+        }
+        names.truncate(count.saturating_sub(1));
+        Some(names)
     }
 
     fn check(&self, wal: &WalName, size: u64, head: &[u8]) -> Result<(), String> {
@@ -310,6 +467,49 @@ impl Fetcher {
             }
         }
         results
+    }
+}
+
+/// How streaming a command's output ended, when it did not deliver.
+enum StreamEnd {
+    /// The command exited non-zero: the caller knows what that means.
+    Remote(RemoteExit),
+    /// The bytes are in no format we decode.
+    Undecodable(String),
+    Failed(Failure),
+}
+
+/// Direct-read state of a fetcher.
+struct DirectRead {
+    state: DirectState,
+    cache: Option<PathBuf>,
+}
+
+/// Reads a small answer (show-server, a listing) to its end.
+async fn read_small_bytes(mut exec: ExecChannel) -> Option<(Option<u32>, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        match exec.next_stdout().await {
+            Ok(Some(chunk)) => {
+                if out.len() < (16 << 20) {
+                    out.extend_from_slice(&chunk);
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                exec.abandon().await;
+                return None;
+            }
+        }
+    }
+    let exit = exec.finish().await;
+    Some((exit.status, out))
+}
+
+async fn read_small(exec: ExecChannel) -> Option<String> {
+    match read_small_bytes(exec).await? {
+        (Some(0), bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        _ => None,
     }
 }
 

@@ -14,6 +14,8 @@
 //!   statuses.
 //! - [`decode`]: sniffing and streaming decoders (gzip, bzip2, xz, zstd, lz4,
 //!   snappy) into the destination file.
+//! - [`direct`]: `--direct-read`, the stored files read with `cat`, Barman's
+//!   layout learnt from `show-server`.
 //! - [`validate`]: WAL header checks before a file gets its final name.
 //! - [`spool`]: the spool directory, temp files, atomic delivery, cleanup.
 //! - [`fetch`]: transfers and the sliding prefetch window over one session.
@@ -27,6 +29,7 @@
 pub mod bench;
 pub mod cli;
 pub mod decode;
+pub mod direct;
 pub mod embedded_barman;
 pub mod exit;
 pub mod fetch;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::RestoreArgs;
+use crate::direct;
 use crate::exit::{self, Failure, RecoveryMode};
 use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::remote::BarmanServer;
@@ -203,6 +204,16 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
             server.clone(),
             options.clone(),
         ));
+        if args.direct_read {
+            let key = format!(
+                "{}|{:?}|{}",
+                target.display(),
+                server.config(),
+                server.name()
+            );
+            let cache = spool.as_ref().map(|s| direct::cache_path(s.dir(), &key));
+            fetcher.learn_layout(cache).await;
+        }
         let result =
             fetch_with_prefetch(&fetcher, &wal, &dest, spool.as_ref(), args.parallel).await;
         session.close().await;

@@ -161,25 +161,27 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     let work = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut ours_args = target.connection_args.clone();
     ours_args.extend([target.host.clone(), target.server.clone()]);
-    let ours = Program::Ours {
-        bin,
-        args: ours_args,
-    };
     let compare = args.compare.as_ref().map(|t| Program::Template(t.clone()));
 
-    let settings: Vec<(usize, bool)> = args
-        .parallel
-        .iter()
-        .flat_map(|&p| {
-            args.keep_compression
-                .iter()
-                .map(move |&k| (p, k == OnOff::On))
-        })
-        .collect();
-    let programs: Vec<(&str, &Program)> = std::iter::once(("ours", &ours))
-        .chain(compare.as_ref().map(|c| ("compare", c)))
-        .collect();
-    let total = (settings.len() * programs.len() * names.len()) as u64;
+    // (program label, program, -p, keep-compression, direct read); the
+    // compared command runs once per -p/keep setting, right after ours.
+    let mut runs: Vec<(&str, Program, usize, bool, bool)> = Vec::new();
+    for &parallel in &args.parallel {
+        for keep in args.keep_compression.iter().map(|&k| k == OnOff::On) {
+            for direct in args.direct_read.iter().map(|&d| d == OnOff::On) {
+                let ours = Program::Ours {
+                    bin: bin.clone(),
+                    args: ours_args.clone(),
+                    direct_read: direct,
+                };
+                runs.push(("ours", ours, parallel, keep, direct));
+            }
+            if let Some(compare) = &compare {
+                runs.push(("compare", compare.clone(), parallel, keep, false));
+            }
+        }
+    }
+    let total = (runs.len() * names.len()) as u64;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(total);
         bar.set_style(
@@ -193,39 +195,36 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
 
     let mut oracle = Oracle::default();
     let mut summaries = Vec::new();
-    for &(parallel, keep) in &settings {
-        for &(label, program) in &programs {
-            bar.set_message(format!(
-                "{label} -p {parallel} keep {}",
-                if keep { "on" } else { "off" }
-            ));
-            let before = target.embedded.as_ref().map(|b| b.stats());
-            let started = Instant::now();
-            let records =
-                runner::run_calls(program, &names, &work, parallel, keep, &mut oracle, || {
-                    bar.inc(1)
-                })
-                .map_err(|e| format!("running {label}: {e}"))?;
-            let wall = started.elapsed().as_secs_f64();
-            let server_counts = match (&target.embedded, before) {
-                (Some(b), Some(before)) => {
-                    let after = b.stats();
-                    Some((
-                        after.connections - before.connections,
-                        after.channels_opened - before.channels_opened,
-                    ))
-                }
-                _ => None,
-            };
-            summaries.push(Summary::new(
-                label,
-                parallel,
-                keep,
-                wall,
-                records,
-                server_counts,
-            ));
-        }
+    for (label, program, parallel, keep, direct) in &runs {
+        let (label, parallel, keep, direct) = (*label, *parallel, *keep, *direct);
+        bar.set_message(format!("{label} -p {parallel}"));
+        let before = target.embedded.as_ref().map(|b| b.stats());
+        let started = Instant::now();
+        let records =
+            runner::run_calls(program, &names, &work, parallel, keep, &mut oracle, || {
+                bar.inc(1)
+            })
+            .map_err(|e| format!("running {label}: {e}"))?;
+        let wall = started.elapsed().as_secs_f64();
+        let server_counts = match (&target.embedded, before) {
+            (Some(b), Some(before)) => {
+                let after = b.stats();
+                Some((
+                    after.connections - before.connections,
+                    after.channels_opened - before.channels_opened,
+                ))
+            }
+            _ => None,
+        };
+        summaries.push(Summary::new(
+            label,
+            parallel,
+            keep,
+            direct,
+            wall,
+            records,
+            server_counts,
+        ));
     }
     bar.finish_and_clear();
     let report = BenchReport {

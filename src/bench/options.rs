@@ -47,6 +47,12 @@ pub struct BenchArgs {
     #[arg(long = "keep-compression", value_delimiter = ',', default_values_t = vec![OnOff::On])]
     pub keep_compression: Vec<OnOff>,
 
+    /// Direct read settings to measure for our binary: on (`--direct-read`),
+    /// off (one `barman get-wal` per file). The compared command runs once
+    /// per -p/keep setting, beside the direct-read off row
+    #[arg(long = "direct-read", value_delimiter = ',', default_values_t = vec![OnOff::Off])]
+    pub direct_read: Vec<OnOff>,
+
     /// Another restore_command to run in the same loop, interleaved setting
     /// by setting, e.g. 'barman-wal-restore.py -U barman -p %j %k --spool-dir
     /// %s barman angus %f %p'. Placeholders: %f WAL name, %p destination,

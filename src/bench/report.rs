@@ -11,6 +11,7 @@ pub struct Summary {
     pub program: String,
     pub parallel: usize,
     pub keep_compression: bool,
+    pub direct_read: bool,
     pub calls: usize,
     pub failed: usize,
     pub mismatched: usize,
@@ -61,10 +62,12 @@ impl Latency {
 }
 
 impl Summary {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         program: &str,
         parallel: usize,
         keep_compression: bool,
+        direct_read: bool,
         wall_seconds: f64,
         records: Vec<CallRecord>,
         server_counts: Option<(u64, u64)>,
@@ -82,6 +85,7 @@ impl Summary {
             program: program.to_string(),
             parallel,
             keep_compression,
+            direct_read,
             calls: records.len(),
             failed: records.len() - ok,
             mismatched: records.iter().filter(|r| r.mismatch).count(),
@@ -125,16 +129,37 @@ fn opt(v: Option<u64>) -> String {
 }
 
 /// The table, one row per program and setting, then the ratios.
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+impl Summary {
+    fn setting(&self) -> String {
+        format!(
+            "-p {} keep {} direct {}",
+            self.parallel,
+            on_off(self.keep_compression),
+            on_off(self.direct_read)
+        )
+    }
+}
+
+/// The table, one row per program and setting, then the ratios.
 pub fn render_table(report: &BenchReport) -> String {
     let mut out = format!(
         "{} sequential restore_command calls from {} against {}\n\n",
         report.count, report.first_wal, report.target
     );
     out.push_str(&format!(
-        "{:<10} {:>3} {:>4} {:>8} {:>7} {:>7} {:>16} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
+        "{:<8} {:>3} {:>4} {:>6} {:>8} {:>6} {:>7} {:>15} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
         "program",
         "-p",
         "keep",
+        "direct",
         "wall s",
         "seg/s",
         "MiB/s",
@@ -148,10 +173,11 @@ pub fn render_table(report: &BenchReport) -> String {
     ));
     for s in &report.summaries {
         out.push_str(&format!(
-            "{:<10} {:>3} {:>4} {:>8.2} {:>7.1} {:>7.1} {:>16} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
+            "{:<8} {:>3} {:>4} {:>6} {:>8.2} {:>6.1} {:>7.1} {:>15} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
             s.program,
             s.parallel,
-            if s.keep_compression { "on" } else { "off" },
+            on_off(s.keep_compression),
+            on_off(s.direct_read),
             s.wall_seconds,
             s.segments_per_second,
             s.mib_per_second,
@@ -181,9 +207,8 @@ pub fn render_table(report: &BenchReport) -> String {
                 && s.keep_compression == o.keep_compression
         }) {
             ratios.push_str(&format!(
-                "  -p {} keep {}: ours is {:.2} times faster than {} ({:.2} s vs {:.2} s)\n",
-                o.parallel,
-                if o.keep_compression { "on" } else { "off" },
+                "  {}: ours is {:.2} times faster than {} ({:.2} s vs {:.2} s)\n",
+                o.setting(),
                 other.wall_seconds / o.wall_seconds.max(1e-9),
                 other.program,
                 o.wall_seconds,
@@ -194,12 +219,10 @@ pub fn render_table(report: &BenchReport) -> String {
     if let Some(base) = ours.first() {
         for o in ours.iter().skip(1) {
             ratios.push_str(&format!(
-                "  ours -p {} keep {} is {:.2} times faster than ours -p {} keep {}\n",
-                o.parallel,
-                if o.keep_compression { "on" } else { "off" },
+                "  ours {} is {:.2} times faster than ours {}\n",
+                o.setting(),
                 base.wall_seconds / o.wall_seconds.max(1e-9),
-                base.parallel,
-                if base.keep_compression { "on" } else { "off" },
+                base.setting()
             ));
         }
     }

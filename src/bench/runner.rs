@@ -16,7 +16,11 @@ use crate::wal::WalName;
 #[derive(Debug, Clone)]
 pub enum Program {
     /// Our binary: `program args... WAL DEST`, with `--spool-dir` set.
-    Ours { bin: PathBuf, args: Vec<String> },
+    Ours {
+        bin: PathBuf,
+        args: Vec<String>,
+        direct_read: bool,
+    },
     /// Any command line, through `sh -c`, placeholders substituted.
     Template(String),
 }
@@ -172,9 +176,14 @@ pub fn run_calls(
         let spool_hit = spool.join(wal.as_str()).exists();
         let _ = std::fs::remove_file(&stats_file);
         let command = match program {
-            Program::Ours { bin, args } => {
+            Program::Ours {
+                bin,
+                args,
+                direct_read,
+            } => {
                 let mut c = Command::new(bin);
                 c.args(args)
+                    .args(direct_read.then_some("--direct-read"))
                     .arg("-p")
                     .arg(parallel.to_string())
                     .arg(if keep {

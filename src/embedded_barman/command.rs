@@ -87,6 +87,40 @@ pub fn has_unquoted_shell_syntax(command: &str) -> bool {
     false
 }
 
+/// The other commands a direct-reading client sends (`--direct-read`):
+/// `barman [--config C] show-server SERVER`, `cat -- PATH`, `ls -1 -- DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectCommand {
+    ShowServer {
+        config: Option<String>,
+        server: String,
+    },
+    Cat(String),
+    List(String),
+}
+
+/// Recognises a direct-read command; `None` for anything else (get-wal
+/// and every refusal stay with [`parse`]).
+pub fn parse_direct(command: &str) -> Option<DirectCommand> {
+    let words = shell_words::split(command).ok()?;
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["cat", "--", path] => Some(DirectCommand::Cat(path.to_string())),
+        ["ls", "-1", "--", dir] => Some(DirectCommand::List(dir.to_string())),
+        ["barman", "show-server", server] => Some(DirectCommand::ShowServer {
+            config: None,
+            server: server.to_string(),
+        }),
+        ["barman", "--config" | "-c", config, "show-server", server] => {
+            Some(DirectCommand::ShowServer {
+                config: Some(config.to_string()),
+                server: server.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Splits and parses an exec string.
 pub fn parse(command: &str) -> Result<GetWal, Refusal> {
     let words = shell_words::split(command).map_err(|_| Refusal {

@@ -21,6 +21,9 @@ pub struct Faults {
     /// OpenSSH's `MaxSessions`: refuse a session channel past this many open
     /// at once on one connection. A slot frees when the channel closes.
     pub max_sessions: Option<usize>,
+    /// Only `barman` may run (an `authorized_keys` forced command): the
+    /// `cat` and `ls` of `--direct-read` are refused.
+    pub forced_command: bool,
     /// Delay before each command runs, like Barman's Python start-up
     /// (~100 ms on a real host).
     pub command_latency: Duration,

@@ -473,6 +473,84 @@ fn answer<'a>(shared: &Shared, cmd: &'a GetWal) -> (Answer, Matched<'a>) {
     )
 }
 
+/// Answers `--direct-read`'s commands the way a Barman host's shell would:
+/// `show-server` lists the archive's directories, `cat` sends a stored file
+/// as it is, `ls -1` lists a directory. With [`super::Faults::forced_command`]
+/// only `barman` may run, as under an `authorized_keys` forced command.
+fn answer_direct(shared: &Shared, direct: command::DirectCommand) -> Answer {
+    use command::DirectCommand;
+    let forced = shared.faults.lock().forced_command;
+    let root = shared.archive.root();
+    match direct {
+        DirectCommand::ShowServer { server, .. } => {
+            if !shared.servers.contains(&server) {
+                return Answer::error(1, format!("Unknown server '{server}'"));
+            }
+            let stdout = format!(
+                "Server {server}:\n\tactive: True\n\tdisabled: False\n\
+                 \tincoming_wals_directory: {}\n\tstreaming_wals_directory: {}\n\
+                 \twals_directory: {}\n",
+                root.join("incoming").display(),
+                root.join("streaming").display(),
+                root.join("wals").display()
+            );
+            Answer::Fixed {
+                stdout: stdout.into_bytes(),
+                stderr: String::new(),
+                status: 0,
+            }
+        }
+        _ if forced => Answer::Fixed {
+            stdout: Vec::new(),
+            stderr: "This account may only run barman\n".to_string(),
+            status: 1,
+        },
+        DirectCommand::Cat(path) => {
+            let path = PathBuf::from(path);
+            if path.starts_with(root) && path.is_file() {
+                let wal = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Answer::File {
+                    wal,
+                    path,
+                    delivery: Delivery::AsStored,
+                }
+            } else {
+                Answer::Fixed {
+                    stdout: Vec::new(),
+                    stderr: format!("cat: {}: No such file or directory\n", path.display()),
+                    status: 1,
+                }
+            }
+        }
+        DirectCommand::List(dir) => match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                Answer::Fixed {
+                    stdout: names
+                        .iter()
+                        .map(|n| format!("{n}\n"))
+                        .collect::<String>()
+                        .into_bytes(),
+                    stderr: String::new(),
+                    status: 0,
+                }
+            }
+            Err(_) => Answer::Fixed {
+                stdout: Vec::new(),
+                stderr: format!("ls: cannot access '{dir}': No such file or directory\n"),
+                status: 2,
+            },
+        },
+    }
+}
+
 /// Runs one exec request to completion on its channel.
 async fn run_command(
     shared: Arc<Shared>,
@@ -481,23 +559,32 @@ async fn run_command(
     slot: SessionSlot,
     kill: CancellationToken,
 ) {
+    let direct = command::parse_direct(&command);
+    // The emulated start-up is Barman's Python; `cat` and `ls` start at once.
+    let runs_barman = !matches!(
+        direct,
+        Some(command::DirectCommand::Cat(_) | command::DirectCommand::List(_))
+    );
     let latency = shared.faults.lock().command_latency;
-    if !latency.is_zero() {
+    if runs_barman && !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let (answer, plan) = match command::parse(&command) {
-        Err(refusal) => (
-            Answer::Fixed {
-                stdout: Vec::new(),
-                stderr: refusal.stderr,
-                status: refusal.status,
-            },
-            Plan::default(),
-        ),
-        Ok(cmd) => {
-            let (answer, matched) = answer(&shared, &cmd);
-            (answer, shared.faults.plan_for(matched))
-        }
+    let (answer, plan) = match (direct, command::parse(&command)) {
+        (Some(direct), _) => (answer_direct(&shared, direct), Plan::default()),
+        (None, parsed) => match parsed {
+            Err(refusal) => (
+                Answer::Fixed {
+                    stdout: Vec::new(),
+                    stderr: refusal.stderr,
+                    status: refusal.status,
+                },
+                Plan::default(),
+            ),
+            Ok(cmd) => {
+                let (answer, matched) = answer(&shared, &cmd);
+                (answer, shared.faults.plan_for(matched))
+            }
+        },
     };
     // Only a clean end reaches the exit status; faults that drop or stall
     // the connection return early.

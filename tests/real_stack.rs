@@ -1,0 +1,1477 @@
+//! Real-stack integration tests: our `barman-wal-restore` against a real OpenSSH sshd, Barman 3.19
+//! (one config per archive compression, each with server `angus`) and PostgreSQL 15, all on
+//! 127.0.0.1, built by `fixtures/real-stack/stack.sh` once for all trials and torn down at the end
+//! (a watchdog in the stack tears it down too if this process dies).
+//!
+//! Needs root, /usr/sbin/sshd, PostgreSQL 15 and the Barman venv (`scripts/install-test-deps.sh`).
+//! Environment:
+//! - `CI=true` or `BWR_REAL_STACK=require`: a missing prerequisite fails every trial.
+//! - otherwise a missing prerequisite skips every trial (reported as ignored, with a loud message);
+//!   `BWR_REAL_STACK=skip` skips on purpose (never under CI).
+//! - `BWR_KEEP_STACK=1`: keep the stack directory (logs, archives, clusters) after the run.
+//! - `BWR_BARMAN_VENV`: Barman venv (default /opt/bwr-test/barman-venv).
+//! - `BWR_STACK_BASE`: where the stack directory is made (default /tmp; must be reachable by
+//!   the users postgres and barman).
+//! - `BWR_STACK_DIR=DIR`: use a stack already up (`stack.sh up DIR`) and leave it up.
+//! - `BWR_TIMINGS=1`: print every trial's duration at the end (default: the 8 slowest).
+//!
+//! Runs with `harness = false` (libtest-mimic): `cargo test --test real_stack -- FILTER`.
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_barman-wal-restore");
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+const SERVER: &str = "angus";
+const HOST: &str = "127.0.0.1";
+/// Upper bound for one client call (a hang is a failure, not a stuck suite).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Upper bound for one PostgreSQL recovery to reach its goal.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(240);
+const COMPRESSIONS: [&str; 7] = ["none", "gzip", "bzip2", "xz", "zstd", "lz4", "snappy"];
+/// WAL_DEST as PostgreSQL passes it (%p, relative to the data directory).
+const DEST: &str = "pg_wal/RECOVERYXLOG";
+
+type TestResult = Result<(), Failed>;
+
+fn fail(msg: impl Into<String>) -> Failed {
+    msg.into().into()
+}
+
+// ------------------------------------------------------------------------------------------------
+// Prerequisites
+
+fn env_is(name: &str, values: &[&str]) -> bool {
+    std::env::var(name)
+        .map(|v| values.contains(&v.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+fn required() -> bool {
+    env_is("CI", &["true", "1", "yes"]) || env_is("BWR_REAL_STACK", &["require", "required", "1"])
+}
+
+fn barman_venv() -> PathBuf {
+    std::env::var_os("BWR_BARMAN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/opt/bwr-test/barman-venv".into())
+}
+
+/// Where stacks are made: every user of the stack (postgres, barman) must be able to reach it,
+/// so not $TMPDIR (which may be private); BWR_STACK_BASE overrides.
+fn stack_base() -> PathBuf {
+    std::env::var_os("BWR_STACK_BASE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into())
+}
+
+fn stack_script() -> PathBuf {
+    Path::new(MANIFEST_DIR).join("fixtures/real-stack/stack.sh")
+}
+
+/// What is missing for the real stack, or empty.
+fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if uid.as_deref() != Some("0") {
+        missing
+            .push("root (the stack runs sshd, and PostgreSQL/Barman as their users)".to_string());
+    }
+    let venv = barman_venv();
+    for p in [
+        PathBuf::from("/usr/sbin/sshd"),
+        PathBuf::from("/usr/bin/ssh-keygen"),
+        PathBuf::from("/usr/lib/postgresql/15/bin/postgres"),
+        PathBuf::from("/usr/lib/postgresql/15/bin/pg_basebackup"),
+        PathBuf::from("/usr/sbin/runuser"),
+        venv.join("bin/barman"),
+        venv.join("bin/barman-wal-restore"),
+        stack_script(),
+    ] {
+        if !p.exists() {
+            missing.push(p.display().to_string());
+        }
+    }
+    missing
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running processes with a deadline
+
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+    elapsed: Duration,
+    what: String,
+}
+
+impl Out {
+    fn describe(&self) -> String {
+        format!(
+            "`{}` -> exit {:?} after {:.2?}\n--- stdout: {}\n--- stderr:\n{}",
+            self.what,
+            self.code,
+            self.elapsed,
+            String::from_utf8_lossy(&self.stdout[..self.stdout.len().min(2000)]),
+            self.stderr
+        )
+    }
+    fn expect_code(&self, want: i32) -> TestResult {
+        if self.code == Some(want) {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "expected exit {want}, got:\n{}",
+                self.describe()
+            )))
+        }
+    }
+}
+
+fn describe_cmd(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Run `cmd` (stdin closed, output captured), killing it after `timeout`.
+fn run(cmd: &mut Command, timeout: Duration) -> Result<Out, Failed> {
+    let what = describe_cmd(cmd);
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start `{what}`: {e}")))?;
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "`{what}` did not finish within {timeout:?} (killed)"
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)), // poll interval of a bounded wait
+            Err(e) => return Err(fail(format!("waiting for `{what}`: {e}"))),
+        }
+    };
+    let elapsed = start.elapsed();
+    let stdout = t_out.join().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+    let code = status.code().or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal().map(|s| 128 + s)
+    });
+    Ok(Out {
+        code,
+        stdout,
+        stderr,
+        elapsed,
+        what,
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// The stack
+
+struct Stack {
+    dir: PathBuf,
+    env: HashMap<String, String>,
+    /// Copy of the binary under test that the postgres user can execute.
+    pg_bin: PathBuf,
+    /// Empty HOME for our binary run as root: nothing of /root/.ssh leaks in.
+    home: PathBuf,
+    torn_down: AtomicBool,
+    seq: AtomicUsize,
+}
+
+impl Stack {
+    fn up() -> Result<Stack, String> {
+        if let Some(existing) = std::env::var_os("BWR_STACK_DIR") {
+            return Stack::reuse(PathBuf::from(existing));
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = stack_base().join(format!(
+            "bwr-real-stack-{}-{}",
+            std::process::id(),
+            nanos % 1_000_000_000
+        ));
+        let log = stack_base().join(format!("bwr-real-stack-{}.setup.log", std::process::id()));
+        let logf = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let start = Instant::now();
+        let status = Command::new("bash")
+            .arg(stack_script())
+            .arg("up")
+            .arg(&dir)
+            .env("BWR_STACK_OWNER_PID", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+            .stderr(logf)
+            .status()
+            .map_err(|e| format!("cannot run stack.sh: {e}"))?;
+        let setup_log = fs::read_to_string(&log).unwrap_or_default();
+        let _ = fs::remove_file(&log);
+        if !status.success() {
+            return Err(format!(
+                "stack.sh up {} failed ({status}):\n{setup_log}",
+                dir.display()
+            ));
+        }
+        let stack = Stack::open(dir, false)?;
+        eprintln!(
+            "real stack up in {:.1?}: {} (sshd port {}, {} segments, {} rows)",
+            start.elapsed(),
+            stack.dir.display(),
+            stack.get("SSH_PORT"),
+            stack.list("WAL_SEGMENTS").len(),
+            stack.get("ROWS")
+        );
+        Ok(stack)
+    }
+
+    /// BWR_STACK_DIR: use a stack already up (`stack.sh up DIR`), leave it up afterwards.
+    fn reuse(dir: PathBuf) -> Result<Stack, String> {
+        eprintln!("real stack: reusing {} (BWR_STACK_DIR)", dir.display());
+        Stack::open(dir, true)
+    }
+
+    fn open(dir: PathBuf, borrowed: bool) -> Result<Stack, String> {
+        let env = parse_env(&dir.join("stack.env"))?;
+        let bin_dir = dir.join("bin");
+        fs::create_dir_all(&bin_dir).map_err(|e| e.to_string())?;
+        let pg_bin = bin_dir.join("barman-wal-restore");
+        fs::copy(BIN, &pg_bin).map_err(|e| format!("copy {BIN}: {e}"))?;
+        fs::set_permissions(&pg_bin, fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        let home = dir.join("home-root");
+        fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+        let stack = Stack {
+            dir,
+            env,
+            pg_bin,
+            home,
+            torn_down: AtomicBool::new(borrowed),
+            seq: AtomicUsize::new(0),
+        };
+        Ok(stack)
+    }
+
+    fn teardown(&self) {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let r = Command::new("bash")
+            .arg(stack_script())
+            .arg("down")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output();
+        match r {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "stack.sh down failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("stack.sh down: {e}"),
+        }
+    }
+
+    fn get(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("stack.env has no {k}"))
+    }
+    fn list(&self, k: &str) -> Vec<String> {
+        self.get(k).split_whitespace().map(str::to_string).collect()
+    }
+    fn config(&self, comp: &str) -> String {
+        self.get(&format!("BARMAN_CONFIG_{comp}")).to_string()
+    }
+    fn orig(&self) -> PathBuf {
+        PathBuf::from(self.get("WAL_ORIG_DIR"))
+    }
+
+    /// A fresh work directory for one trial (with pg_wal/ like a data directory).
+    fn workdir(&self, name: &str) -> Result<PathBuf, Failed> {
+        let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        let safe: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let d = self
+            .dir
+            .join("work")
+            .join(format!("{}-{n:03}-{safe}", std::process::id()));
+        fs::create_dir_all(d.join("pg_wal")).map_err(|e| fail(format!("{}: {e}", d.display())))?;
+        Ok(d)
+    }
+
+    /// Our binary as root, with explicit key / known_hosts / port (hermetic HOME).
+    fn ours(&self, cfg: &str, opts: &[&str], wal: &str, dest: &str, cwd: &Path) -> Command {
+        self.ours_full(self.get("SSH_PORT"), SERVER, cfg, opts, wal, dest, cwd)
+    }
+    fn ours_to(
+        &self,
+        port: &str,
+        cfg: &str,
+        opts: &[&str],
+        wal: &str,
+        dest: &str,
+        cwd: &Path,
+    ) -> Command {
+        self.ours_full(port, SERVER, cfg, opts, wal, dest, cwd)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn ours_full(
+        &self,
+        port: &str,
+        server: &str,
+        cfg: &str,
+        opts: &[&str],
+        wal: &str,
+        dest: &str,
+        cwd: &Path,
+    ) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(cwd)
+            .env("HOME", &self.home)
+            .env_remove("SSH_AUTH_SOCK");
+        c.args([
+            "-U",
+            "barman",
+            "--port",
+            port,
+            "-i",
+            self.get("SSH_KEY"),
+            "--known-hosts",
+            self.get("KNOWN_HOSTS"),
+        ]);
+        c.args(["-c", cfg])
+            .args(opts)
+            .args([HOST, server, wal, dest]);
+        c
+    }
+    /// The Python reference, shelling out to `ssh` = wrapper with the stack's ssh_config.
+    fn oracle(&self, cfg: &str, opts: &[&str], wal: &str, dest: &str, cwd: &Path) -> Command {
+        let mut c = Command::new(self.get("ORACLE"));
+        c.current_dir(cwd).env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", self.get("SSH_WRAPPER_DIR")),
+        );
+        c.args([
+            "-U",
+            "barman",
+            "--port",
+            self.get("ORACLE_SSH_PORT"),
+            "-c",
+            cfg,
+        ])
+        .args(opts)
+        .args([HOST, SERVER, wal, dest]);
+        c
+    }
+    /// Command line for PostgreSQL's restore_command (run by postgres: its own key copy).
+    fn restore_command(&self, cfg: &str, opts: &str) -> String {
+        format!(
+            "{} {opts} -U barman --port {} -i {} --known-hosts {} -c {cfg} {HOST} {SERVER} %f %p",
+            self.pg_bin.display(),
+            self.get("SSH_PORT"),
+            self.get("PG_SSH_KEY"),
+            self.get("PG_KNOWN_HOSTS"),
+        )
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn parse_env(path: &Path) -> Result<HashMap<String, String>, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut m = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("bad line in stack.env: {line}"))?;
+        let v = v
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap_or(v);
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+/// One stack for all trials, built by the first trial that runs.
+struct Shared {
+    cell: OnceLock<Result<Stack, String>>,
+    skip: Option<String>,
+    timings: std::sync::Mutex<Vec<(Duration, String)>>,
+}
+
+impl Shared {
+    fn stack(&self) -> Result<&Stack, Failed> {
+        match self.cell.get_or_init(Stack::up) {
+            Ok(s) => Ok(s),
+            Err(e) => Err(fail(format!("real stack unavailable: {e}"))),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Checks
+
+fn compare_file(got: &Path, want: &Path) -> TestResult {
+    let g = fs::read(got).map_err(|e| fail(format!("{}: {e}", got.display())))?;
+    let w = fs::read(want).map_err(|e| fail(format!("{}: {e}", want.display())))?;
+    if g == w {
+        return Ok(());
+    }
+    let first = g
+        .iter()
+        .zip(w.iter())
+        .position(|(a, b)| a != b)
+        .unwrap_or(g.len().min(w.len()));
+    Err(fail(format!(
+        "{} differs from {}: {} vs {} bytes, first difference at offset {first}",
+        got.display(),
+        want.display(),
+        g.len(),
+        w.len()
+    )))
+}
+
+fn is_wal_segment_name(n: &str) -> bool {
+    n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// WAL-named files left anywhere under the spool directory (all must have been delivered).
+fn spool_leftovers(spool: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![spool.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e
+                .file_name()
+                .to_str()
+                .map(is_wal_segment_name)
+                .unwrap_or(false)
+            {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    Ours,
+    Oracle,
+}
+
+/// Call the tool once per name, in order, as PostgreSQL would (fresh spool for the run), and
+/// compare every delivered file with what PostgreSQL archived. With our tool, finish with a name
+/// that is not in the archive (must exit 1) and check that the spool holds no leftover WAL.
+fn fetch_sequence(
+    st: &Stack,
+    tool: Tool,
+    cfg: &str,
+    names: &[String],
+    orig: &Path,
+    opts: &[&str],
+    missing_after: Option<&str>,
+    work: &Path,
+) -> TestResult {
+    let spool = work.join("spool");
+    let spool_s = spool.to_string_lossy().into_owned();
+    let mut all_opts: Vec<&str> = opts.to_vec();
+    all_opts.extend(["--spool-dir", &spool_s]);
+    let dest = work.join(DEST);
+    let mut timings = String::new();
+    for name in names {
+        let _ = fs::remove_file(&dest);
+        let mut cmd = match tool {
+            Tool::Ours => st.ours(cfg, &all_opts, name, DEST, work),
+            Tool::Oracle => st.oracle(cfg, &all_opts, name, DEST, work),
+        };
+        let out = run(&mut cmd, CALL_TIMEOUT)?;
+        write!(timings, " {:.0?}", out.elapsed).ok();
+        out.expect_code(0)
+            .map_err(|e| fail(format!("fetching {name}: {}", e.message().unwrap_or(""))))?;
+        compare_file(&dest, &orig.join(name))?;
+    }
+    let _ = fs::remove_file(&dest);
+    if tool == Tool::Ours {
+        if let Some(m) = missing_after {
+            let out = run(&mut st.ours(cfg, &all_opts, m, DEST, work), CALL_TIMEOUT)?;
+            out.expect_code(1).map_err(|e| {
+                fail(format!(
+                    "{m} is not in the archive: {}",
+                    e.message().unwrap_or("")
+                ))
+            })?;
+        }
+        let left = spool_leftovers(&spool);
+        if !left.is_empty() {
+            return Err(fail(format!("spool not empty after the run: {left:?}")));
+        }
+    }
+    let _ = timings; // per-call durations, handy when debugging: eprintln!("{timings}")
+    Ok(())
+}
+
+/// Segments for a fetch sequence, always including one full of real data (a segment that was
+/// switched early is mostly empty). `AtEnd`: the last `n` of the archive, so that a prefetch runs
+/// into the end of the archive; `AroundData`: `n` starting just before the last data segment.
+#[derive(Clone, Copy)]
+enum Window {
+    AtEnd(usize),
+    AroundData(usize),
+}
+
+fn window(st: &Stack, w: Window) -> Result<Vec<String>, Failed> {
+    let segs = st.list("WAL_SEGMENTS");
+    let data = st.list("WAL_DATA_SEGMENTS");
+    let v: Vec<String> = match w {
+        Window::AtEnd(n) => segs[segs.len().saturating_sub(n)..].to_vec(),
+        Window::AroundData(n) => {
+            let last_data = data
+                .last()
+                .ok_or_else(|| fail("stack.env lists no data segment"))?;
+            let i = segs
+                .iter()
+                .position(|s| s == last_data)
+                .ok_or_else(|| fail("data segment not in WAL_SEGMENTS"))?;
+            let from = i.saturating_sub(1);
+            segs[from..(from + n).min(segs.len())].to_vec()
+        }
+    };
+    if !v.iter().any(|s| data.contains(s)) {
+        return Err(fail(format!(
+            "window {v:?} holds none of the data segments {data:?}"
+        )));
+    }
+    Ok(v)
+}
+
+/// The name after the last archived segment (the one PostgreSQL asks for next): not archived.
+fn next_missing(st: &Stack) -> String {
+    st.get("WAL_PARTIAL")
+        .trim_end_matches(".partial")
+        .to_string()
+}
+
+// ------------------------------------------------------------------------------------------------
+// PostgreSQL clusters made from the base backup
+
+struct Pg<'a> {
+    st: &'a Stack,
+    data: PathBuf,
+    port: u16,
+    log: PathBuf,
+    name: String,
+}
+
+fn free_port() -> Result<u16, Failed> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail(e.to_string()))?;
+    Ok(l.local_addr().map_err(|e| fail(e.to_string()))?.port())
+}
+
+fn as_postgres(args: &[&str]) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).args(args).current_dir("/");
+    c
+}
+
+impl<'a> Pg<'a> {
+    /// Copy the base backup, configure recovery (`signal` = standby.signal or recovery.signal).
+    fn from_base_backup(
+        st: &'a Stack,
+        name: &str,
+        signal: &str,
+        conf: &str,
+    ) -> Result<Pg<'a>, Failed> {
+        let name = &format!("{name}-{}", std::process::id());
+        let data = st.dir.join("pg").join(name);
+        let base = st.get("PG_BASE_BACKUP");
+        run(
+            &mut as_postgres(&["cp", "-a", base, &data.to_string_lossy()]),
+            CALL_TIMEOUT,
+        )?
+        .expect_code(0)?;
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(e.to_string()))?;
+        // down stops every cluster listed here
+        let mut reg = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(st.dir.join("run/pgdata.list"))
+            .map_err(|e| fail(e.to_string()))?;
+        use std::io::Write;
+        writeln!(reg, "{}", data.display()).map_err(|e| fail(e.to_string()))?;
+        let port = free_port()?;
+        let spool = st.dir.join("spool").join(name);
+        run(
+            &mut as_postgres(&["mkdir", "-p", &spool.to_string_lossy()]),
+            CALL_TIMEOUT,
+        )?
+        .expect_code(0)?;
+        let conf = conf.replace("@SPOOL@", &spool.to_string_lossy());
+        let auto = data.join("postgresql.auto.conf");
+        let mut text =
+            fs::read_to_string(&auto).map_err(|e| fail(format!("{}: {e}", auto.display())))?;
+        write!(
+            text,
+            "\n# real_stack test {name}\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             archive_mode = off\nhot_standby = on\nprimary_conninfo = ''\nlog_min_messages = info\n{conf}\n",
+            st.dir.join("pg/sock").display()
+        )
+        .ok();
+        fs::write(&auto, text).map_err(|e| fail(e.to_string()))?;
+        run(
+            &mut as_postgres(&["touch", &data.join(signal).to_string_lossy()]),
+            CALL_TIMEOUT,
+        )?
+        .expect_code(0)?;
+        let log = st.dir.join("log").join(format!("pg-{name}.log"));
+        Ok(Pg {
+            st,
+            data,
+            port,
+            log,
+            name: name.to_string(),
+        })
+    }
+
+    fn start(&self) -> TestResult {
+        let pgctl = format!("{}/pg_ctl", self.st.get("PG_BIN"));
+        run(
+            &mut as_postgres(&[
+                &pgctl,
+                "start",
+                "-W",
+                "-D",
+                &self.data.to_string_lossy(),
+                "-l",
+                &self.log.to_string_lossy(),
+            ]),
+            CALL_TIMEOUT,
+        )?
+        .expect_code(0)
+    }
+
+    fn query(&self, sql: &str) -> Result<Out, Failed> {
+        let psql = format!("{}/psql", self.st.get("PG_BIN"));
+        let port = self.port.to_string();
+        run(
+            &mut as_postgres(&[
+                &psql, "-X", "-q", "-At", "-h", HOST, "-p", &port, "-U", "postgres", "-d",
+                "postgres", "-c", sql,
+            ]),
+            Duration::from_secs(30),
+        )
+    }
+
+    fn running(&self) -> bool {
+        let pgctl = format!("{}/pg_ctl", self.st.get("PG_BIN"));
+        run(
+            &mut as_postgres(&[&pgctl, "status", "-D", &self.data.to_string_lossy()]),
+            Duration::from_secs(30),
+        )
+        .map(|o| o.code == Some(0))
+        .unwrap_or(false)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        let t = self.log_text();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Poll `sql` until it returns `want`; fail early if the server died.
+    fn wait_for(&self, sql: &str, want: &str, timeout: Duration) -> TestResult {
+        let start = Instant::now();
+        let mut last = String::new();
+        let mut polls = 0u32;
+        loop {
+            if let Ok(o) = self.query(sql) {
+                if o.code == Some(0) {
+                    last = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                    if last == want {
+                        return Ok(());
+                    }
+                } else {
+                    last = o.stderr.trim().to_string();
+                }
+            }
+            polls += 1;
+            if polls % 10 == 0 && !self.running() {
+                return Err(fail(format!(
+                    "{}: server died waiting for `{sql}` = {want} (last: {last})\n--- log:\n{}",
+                    self.name,
+                    self.log_tail()
+                )));
+            }
+            if start.elapsed() > timeout {
+                return Err(fail(format!(
+                    "{}: `{sql}` did not return {want} within {timeout:?} (last: {last})\n--- log:\n{}",
+                    self.name,
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200)); // poll interval of a bounded wait
+        }
+    }
+
+    /// The log must show no fatal restore_command outcome, no crash.
+    fn check_log_clean(&self) -> TestResult {
+        let text = self.log_text();
+        let bad: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("PANIC")
+                    || l.contains("FATAL")
+                    || l.contains("terminated by signal")
+                    || l.contains("could not restore file")
+            })
+            .filter(|l| {
+                !l.contains("the database system is starting up")
+                    && !l.contains("not yet accepting connections")
+            })
+            .collect::<Vec<_>>();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "{}: bad lines in the server log:\n{}",
+                self.name,
+                bad.join("\n")
+            )))
+        }
+    }
+
+    fn expect_log(&self, needle: &str) -> TestResult {
+        if self.log_text().contains(needle) {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "{}: log lacks `{needle}`\n--- log:\n{}",
+                self.name,
+                self.log_tail()
+            )))
+        }
+    }
+
+    fn stop_and_remove(&self) {
+        let _ = run(
+            Command::new("bash")
+                .arg(stack_script())
+                .arg("pg-stop")
+                .arg(&self.st.dir)
+                .arg(&self.data),
+            Duration::from_secs(90),
+        );
+        let _ = fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Run a recovery scenario; the cluster is stopped (and its data removed on success) afterwards.
+fn with_cluster(
+    st: &Stack,
+    name: &str,
+    signal: &str,
+    conf: &str,
+    body: impl FnOnce(&Pg) -> TestResult,
+) -> TestResult {
+    let pg = Pg::from_base_backup(st, name, signal, conf)?;
+    let r = pg
+        .start()
+        .and_then(|()| body(&pg))
+        .and_then(|()| pg.check_log_clean());
+    if r.is_ok() || std::env::var("BWR_KEEP_STACK").as_deref() != Ok("1") {
+        pg.stop_and_remove();
+    } else {
+        let _ = Command::new("bash")
+            .arg(stack_script())
+            .arg("pg-stop")
+            .arg(&st.dir)
+            .arg(&pg.data)
+            .output();
+    }
+    r
+}
+
+// ------------------------------------------------------------------------------------------------
+// Trials
+
+fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
+    let mut v: Vec<Trial> = Vec::new();
+    let mut add = |name: String, f: Box<dyn FnOnce(&Stack) -> TestResult + Send>| {
+        let sh = Arc::clone(shared);
+        let trial_name = name.clone();
+        v.push(Trial::ignorable_test(name, move || {
+            if let Some(reason) = &sh.skip {
+                return Ok(Completion::ignored_with(reason.clone()));
+            }
+            let st = sh.stack()?;
+            let start = Instant::now();
+            let r = f(st).map(|()| Completion::Completed);
+            if let Ok(mut t) = sh.timings.lock() {
+                t.push((start.elapsed(), trial_name.clone()));
+            }
+            r
+        }));
+    };
+
+    // PostgreSQL 15 with restore_command = our binary (longest trials first).
+    add(
+        "postgres::standby_p8_keep_compression".into(),
+        Box::new(|st| {
+            let cmd = st.restore_command(
+                &st.config("zstd"),
+                "-p 8 --keep-compression --spool-dir @SPOOL@",
+            );
+            with_cluster(
+                st,
+                "standby-p8",
+                "standby.signal",
+                &format!("restore_command = '{cmd}'"),
+                |pg| {
+                    pg.wait_for(
+                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
+                        st.get("ROWS"),
+                        RECOVERY_TIMEOUT,
+                    )?;
+                    pg.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
+                },
+            )
+        }),
+    );
+    add(
+        "postgres::standby_plain".into(),
+        Box::new(|st| {
+            let cmd = st.restore_command(&st.config("xz"), "");
+            with_cluster(
+                st,
+                "standby-plain",
+                "standby.signal",
+                &format!("restore_command = '{cmd}'"),
+                |pg| {
+                    pg.wait_for(
+                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
+                        st.get("ROWS"),
+                        RECOVERY_TIMEOUT,
+                    )?;
+                    pg.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
+                },
+            )
+        }),
+    );
+    add(
+        "postgres::pitr_to_restore_point".into(),
+        Box::new(|st| {
+            let cmd = st.restore_command(&st.config("lz4"), "-p 4 --spool-dir @SPOOL@");
+            let conf = format!(
+                "restore_command = '{cmd}'\nrecovery_target_name = '{}'\nrecovery_target_action = 'promote'",
+                st.get("TARGET_NAME")
+            );
+            with_cluster(st, "pitr-target", "recovery.signal", &conf, |pg| {
+                pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
+                pg.wait_for(
+                    &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
+                    st.get("TARGET_ROWS"),
+                    Duration::from_secs(10),
+                )?;
+                pg.expect_log("recovery stopping at restore point")?;
+                pg.expect_log("archive recovery complete")
+            })
+        }),
+    );
+    add(
+        "postgres::archive_recovery_to_end".into(),
+        Box::new(|st| {
+            // Ends when the next segment is "not available" (exit 1): a wrong code would abort it.
+            let cmd = st.restore_command(&st.config("bzip2"), "-p 8 --spool-dir @SPOOL@");
+            with_cluster(
+                st,
+                "pitr-end",
+                "recovery.signal",
+                &format!("restore_command = '{cmd}'"),
+                |pg| {
+                    pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
+                    pg.wait_for(
+                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
+                        st.get("ROWS"),
+                        Duration::from_secs(10),
+                    )?;
+                    pg.expect_log("selected new timeline ID: 2")?;
+                    pg.expect_log("archive recovery complete")
+                },
+            )
+        }),
+    );
+    add(
+        "postgres::recovery_follows_timeline_switch".into(),
+        Box::new(|st| {
+            // The "tl" archive holds timeline 1, 00000002.history and timeline 2: with
+            // recovery_target_timeline = latest, recovery must fetch the history and follow it.
+            let cmd = st.restore_command(
+                st.get("TL_CONFIG"),
+                "-p 8 --keep-compression --spool-dir @SPOOL@",
+            );
+            let conf = format!("restore_command = '{cmd}'\nrecovery_target_timeline = 'latest'");
+            with_cluster(st, "pitr-tl", "recovery.signal", &conf, |pg| {
+                pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
+                pg.wait_for(
+                    &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
+                    st.get("TL_ROWS"),
+                    Duration::from_secs(10),
+                )?;
+                pg.expect_log("selected new timeline ID: 3")
+            })
+        }),
+    );
+
+    // Every compression, byte-identical to what PostgreSQL archived, through the spool as
+    // PostgreSQL would call us.
+    for comp in COMPRESSIONS {
+        for p in [0u32, 1, 8, 16] {
+            for keep in [false, true] {
+                let name = format!(
+                    "fetch::{comp}::p{p}{}",
+                    if keep { "::keep_compression" } else { "" }
+                );
+                add(
+                    name.clone(),
+                    Box::new(move |st| {
+                        let work = st.workdir(&name)?;
+                        let ps = p.to_string();
+                        let mut opts = vec!["-p", ps.as_str()];
+                        if keep {
+                            opts.push("--keep-compression");
+                        }
+                        // p0/p1: every call goes to the server, a few suffice; p8/p16: through
+                        // the spool up to the end of the archive (p8: with one refill).
+                        let w = match p {
+                            0 | 1 => Window::AroundData(3),
+                            8 => Window::AtEnd(9),
+                            _ => Window::AtEnd(8),
+                        };
+                        let names = window(st, w)?;
+                        fetch_sequence(
+                            st,
+                            Tool::Ours,
+                            &st.config(comp),
+                            &names,
+                            &st.orig(),
+                            &opts,
+                            Some(&next_missing(st)),
+                            &work,
+                        )
+                    }),
+                );
+            }
+        }
+    }
+
+    // The Python barman-wal-restore as the compatibility oracle, on the same stack.
+    for comp in COMPRESSIONS {
+        for p in [0u32, 8] {
+            for keep in [false, true] {
+                let name = format!(
+                    "oracle::{comp}::p{p}{}",
+                    if keep { "::keep_compression" } else { "" }
+                );
+                add(
+                    name.clone(),
+                    Box::new(move |st| {
+                        let work = st.workdir(&name)?;
+                        let ps = p.to_string();
+                        let mut opts = vec!["-p", ps.as_str()];
+                        if keep {
+                            opts.push("--keep-compression");
+                        }
+                        let names = window(st, Window::AroundData(3))?;
+                        fetch_sequence(
+                            st,
+                            Tool::Oracle,
+                            &st.config(comp),
+                            &names,
+                            &st.orig(),
+                            &opts,
+                            None,
+                            &work,
+                        )
+                    }),
+                );
+            }
+        }
+    }
+
+    // -z / -j: the server recompresses, the client decompresses.
+    for (flag, comp) in [("-z", "zstd"), ("-j", "none")] {
+        add(
+            format!("fetch::server_recompress{flag}"),
+            Box::new(move |st| {
+                let work = st.workdir(flag)?;
+                let names = window(st, Window::AroundData(2))?;
+                fetch_sequence(
+                    st,
+                    Tool::Ours,
+                    &st.config(comp),
+                    &names,
+                    &st.orig(),
+                    &[flag],
+                    None,
+                    &work,
+                )
+            }),
+        );
+    }
+
+    add(
+        "cli::test_flag".into(),
+        Box::new(|st| {
+            let work = st.workdir("test_flag")?;
+            let out = run(
+                &mut st.ours(&st.config("zstd"), &["--test"], "DUMMY", "DUMMY", &work),
+                CALL_TIMEOUT,
+            )?;
+            out.expect_code(0)?;
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr);
+            if !text.contains("Ready to retrieve WAL files from the server angus") {
+                return Err(fail(format!(
+                    "--test output lacks the Ready line:\n{}",
+                    out.describe()
+                )));
+            }
+            // same answer from the reference
+            let o = run(
+                &mut st.oracle(&st.config("zstd"), &["--test"], "DUMMY", "DUMMY", &work),
+                CALL_TIMEOUT,
+            )?;
+            o.expect_code(0)?;
+            if !String::from_utf8_lossy(&o.stdout)
+                .contains("Ready to retrieve WAL files from the server angus")
+            {
+                return Err(fail(format!("oracle --test output:\n{}", o.describe())));
+            }
+            Ok(())
+        }),
+    );
+    add(
+        "cli::unknown_server_exits_1".into(),
+        Box::new(|st| {
+            let work = st.workdir("unknown_server")?;
+            let seg = &st.list("WAL_SEGMENTS")[3];
+            for opts in [&[][..], &["-p", "8", "--spool-dir", "spool"][..]] {
+                let mut c = st.ours_full(
+                    st.get("SSH_PORT"),
+                    "no_such_server",
+                    &st.config("zstd"),
+                    opts,
+                    seg,
+                    DEST,
+                    &work,
+                );
+                run(&mut c, CALL_TIMEOUT)?.expect_code(1)?;
+            }
+            Ok(())
+        }),
+    );
+    add(
+        "cli::missing_wal_exits_1".into(),
+        Box::new(|st| {
+            let work = st.workdir("missing_wal")?;
+            let missing = next_missing(st);
+            for opts in [
+                &[][..],
+                &["-p", "8", "--spool-dir", "spool"][..],
+                &["-p", "8", "--spool-dir", "spool", "--keep-compression"][..],
+            ] {
+                run(
+                    &mut st.ours(&st.config("gzip"), opts, &missing, DEST, &work),
+                    CALL_TIMEOUT,
+                )?
+                .expect_code(1)?;
+                run(
+                    &mut st.ours(&st.config("gzip"), opts, "00000009.history", DEST, &work),
+                    CALL_TIMEOUT,
+                )?
+                .expect_code(1)?;
+            }
+            Ok(())
+        }),
+    );
+    add(
+        "cli::wal_dest_is_directory_exits_3".into(),
+        Box::new(|st| {
+            let work = st.workdir("dest_dir")?;
+            let seg = &st.list("WAL_SEGMENTS")[3];
+            run(
+                &mut st.ours(&st.config("none"), &[], seg, "pg_wal", &work),
+                CALL_TIMEOUT,
+            )?
+            .expect_code(3)
+        }),
+    );
+    add(
+        "fetch::backup_label_file".into(),
+        Box::new(|st| {
+            let work = st.workdir("backup_label")?;
+            let names = vec![st.get("WAL_BACKUP_LABEL").to_string()];
+            fetch_sequence(
+                st,
+                Tool::Ours,
+                &st.config("xz"),
+                &names,
+                &st.orig(),
+                &["-p", "8"],
+                None,
+                &work,
+            )?;
+            fetch_sequence(
+                st,
+                Tool::Ours,
+                &st.config("xz"),
+                &names,
+                &st.orig(),
+                &[],
+                None,
+                &work,
+            )
+        }),
+    );
+
+    // .partial from Barman's streaming directory, with and without -p.
+    for p in ["0", "8"] {
+        add(
+            format!("partial::p{p}"),
+            Box::new(move |st| {
+                let work = st.workdir(&format!("partial_p{p}"))?;
+                let partial = st.get("WAL_PARTIAL");
+                let seg = next_missing(st);
+                let spool = work.join("spool");
+                let spool_s = spool.to_string_lossy().into_owned();
+                for comp in ["zstd", "none"] {
+                    for wal in [seg.as_str(), partial] {
+                        let _ = fs::remove_file(work.join(DEST));
+                        let out = run(
+                            &mut st.ours(
+                                &st.config(comp),
+                                &["-P", "-p", p, "--spool-dir", &spool_s],
+                                wal,
+                                DEST,
+                                &work,
+                            ),
+                            CALL_TIMEOUT,
+                        )?;
+                        out.expect_code(0).map_err(|e| {
+                            fail(format!("-P {wal} ({comp}): {}", e.message().unwrap_or("")))
+                        })?;
+                        compare_file(&work.join(DEST), &st.orig().join(partial))?;
+                    }
+                    // without -P the segment is not available
+                    run(
+                        &mut st.ours(
+                            &st.config(comp),
+                            &["-p", p, "--spool-dir", &spool_s],
+                            &seg,
+                            DEST,
+                            &work,
+                        ),
+                        CALL_TIMEOUT,
+                    )?
+                    .expect_code(1)?;
+                }
+                Ok(())
+            }),
+        );
+    }
+    add(
+        "partial::oracle_p0".into(),
+        Box::new(|st| {
+            let work = st.workdir("partial_oracle")?;
+            let out = run(
+                &mut st.oracle(&st.config("zstd"), &["-P"], &next_missing(st), DEST, &work),
+                CALL_TIMEOUT,
+            )?;
+            out.expect_code(0)?;
+            compare_file(&work.join(DEST), &st.orig().join(st.get("WAL_PARTIAL")))
+        }),
+    );
+
+    // Timeline switch: the history file and the new timeline's segment.
+    for p in ["0", "8"] {
+        for keep in [false, true] {
+            let name = format!(
+                "timeline::history_p{p}{}",
+                if keep { "::keep_compression" } else { "" }
+            );
+            add(
+                name.clone(),
+                Box::new(move |st| {
+                    let work = st.workdir(&name)?;
+                    let mut opts = vec!["-p", p];
+                    if keep {
+                        opts.push("--keep-compression");
+                    }
+                    let names = st.list("TL_FILES");
+                    let orig = PathBuf::from(st.get("TL_ORIG_DIR"));
+                    fetch_sequence(
+                        st,
+                        Tool::Ours,
+                        st.get("TL_CONFIG"),
+                        &names,
+                        &orig,
+                        &opts,
+                        Some("00000003.history"),
+                        &work,
+                    )?;
+                    // and the oracle agrees on the history file
+                    let hist = vec![st.get("TL_HISTORY").to_string()];
+                    fetch_sequence(
+                        st,
+                        Tool::Oracle,
+                        st.get("TL_CONFIG"),
+                        &hist,
+                        &orig,
+                        &opts,
+                        None,
+                        &work,
+                    )
+                }),
+            );
+        }
+    }
+
+    // SSH side.
+    add(
+        "ssh::config_file_alias".into(),
+        Box::new(|st| {
+            let work = st.workdir("ssh_config")?;
+            let seg = st.list("WAL_DATA_SEGMENTS").last().cloned().unwrap();
+            let mut c = Command::new(BIN);
+            c.current_dir(&work)
+                .env("HOME", &st.home)
+                .env_remove("SSH_AUTH_SOCK");
+            c.args([
+                "-F",
+                st.get("SSH_CONFIG"),
+                "-c",
+                &st.config("snappy"),
+                st.get("SSH_ALIAS"),
+                SERVER,
+                &seg,
+                DEST,
+            ]);
+            run(&mut c, CALL_TIMEOUT)?.expect_code(0)?;
+            compare_file(&work.join(DEST), &st.orig().join(&seg))
+        }),
+    );
+    add(
+        "ssh::unknown_host_key_exits_2".into(),
+        Box::new(|st| {
+            let work = st.workdir("hostkey")?;
+            // known_hosts naming the right host with another key (the client's own public key)
+            let pubkey = fs::read_to_string(format!("{}.pub", st.get("SSH_KEY")))
+                .map_err(|e| fail(e.to_string()))?;
+            let mut fields = pubkey.split_whitespace();
+            let (kt, kb) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+            let kh = work.join("known_hosts");
+            fs::write(
+                &kh,
+                format!("[127.0.0.1]:{} {kt} {kb}\n", st.get("SSH_PORT")),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+            let seg = &st.list("WAL_SEGMENTS")[3];
+            let mut c = Command::new(BIN);
+            c.current_dir(&work)
+                .env("HOME", &st.home)
+                .env_remove("SSH_AUTH_SOCK");
+            c.args([
+                "-U",
+                "barman",
+                "--port",
+                st.get("SSH_PORT"),
+                "-i",
+                st.get("SSH_KEY"),
+                "--known-hosts",
+                &kh.to_string_lossy(),
+            ]);
+            c.args(["-c", &st.config("zstd"), HOST, SERVER, seg, DEST]);
+            run(&mut c, CALL_TIMEOUT)?.expect_code(2)
+        }),
+    );
+    add(
+        "ssh::sshd_stopped_exits_2".into(),
+        Box::new(|st| {
+            // A second sshd of our own: works, then stopped; the main one stays up for the others.
+            let work = st.workdir("sshd_stopped")?;
+            let out = run(
+                Command::new("bash").arg(stack_script()).args([
+                    "sshd-start",
+                    &st.dir.to_string_lossy(),
+                    "stoppable",
+                ]),
+                Duration::from_secs(60),
+            )?;
+            out.expect_code(0)?;
+            let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let cfg = st.config("zstd");
+            let seg = st.list("WAL_SEGMENTS")[3].clone();
+            let r = (|| {
+                run(
+                    &mut st.ours_to(&port, &cfg, &["--test"], "DUMMY", "DUMMY", &work),
+                    CALL_TIMEOUT,
+                )?
+                .expect_code(0)?;
+                run(
+                    &mut st.ours_to(&port, &cfg, &[], &seg, DEST, &work),
+                    CALL_TIMEOUT,
+                )?
+                .expect_code(0)?;
+                compare_file(&work.join(DEST), &st.orig().join(&seg))
+            })();
+            let stop = run(
+                Command::new("bash").arg(stack_script()).args([
+                    "sshd-stop",
+                    &st.dir.to_string_lossy(),
+                    "stoppable",
+                ]),
+                Duration::from_secs(60),
+            );
+            r?;
+            stop?.expect_code(0)?;
+            for opts in [
+                &["--connect-timeout", "5"][..],
+                &["-p", "8", "--spool-dir", "spool"][..],
+                &["--test"][..],
+            ] {
+                let out = run(
+                    &mut st.ours_to(&port, &cfg, opts, &seg, DEST, &work),
+                    Duration::from_secs(60),
+                )?;
+                out.expect_code(2)?;
+            }
+            Ok(())
+        }),
+    );
+
+    v
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let missing = missing_prerequisites();
+    let mut skip = None;
+    if env_is("BWR_REAL_STACK", &["skip", "0", "off"]) && !required() {
+        skip = Some("BWR_REAL_STACK=skip".to_string());
+    } else if !missing.is_empty() {
+        let msg = format!(
+            "real-stack prerequisites missing: {} (run scripts/install-test-deps.sh as root, or scripts/test.sh)",
+            missing.join(", ")
+        );
+        if required() {
+            eprintln!("ERROR: {msg}");
+        } else {
+            eprintln!(
+                "\n************************************************************\n\
+                       SKIPPING the real-stack tests: {msg}\n\
+                       (set CI=true or BWR_REAL_STACK=require to make this a failure)\n\
+                       ************************************************************\n"
+            );
+            skip = Some(msg);
+        }
+    }
+    let shared = Arc::new(Shared {
+        cell: OnceLock::new(),
+        skip,
+        timings: Default::default(),
+    });
+    if shared.skip.is_none() && !missing.is_empty() {
+        // required and missing: every trial fails with the reason (the stack is never attempted)
+        let _ = shared.cell.set(Err(format!(
+            "prerequisites missing: {}",
+            missing.join(", ")
+        )));
+    }
+    let conclusion = libtest_mimic::run(&args, trials(&shared));
+    if let Some(Ok(stack)) = shared.cell.get() {
+        stack.teardown();
+    }
+    if let Ok(mut t) = shared.timings.lock() {
+        if !t.is_empty() {
+            t.sort_by(|a, b| b.0.cmp(&a.0));
+            let total: Duration = t.iter().map(|x| x.0).sum();
+            let n = if env_is("BWR_TIMINGS", &["1", "all"]) {
+                t.len()
+            } else {
+                8
+            };
+            let top: Vec<String> = t
+                .iter()
+                .take(n)
+                .map(|(d, n)| format!("{n} {d:.1?}"))
+                .collect();
+            eprintln!(
+                "real_stack: {} trials took {total:.1?} in all; slowest: {}",
+                t.len(),
+                top.join(", ")
+            );
+        }
+    }
+    conclusion.exit();
+}
