@@ -405,7 +405,7 @@ impl Fetcher {
             };
             self.channel_done();
             match listing {
-                Some((status, bytes)) if status == Some(0) => {
+                Some((Some(0), bytes)) => {
                     names.extend(direct::names_after(&bytes, wal))
                 }
                 Some((Some(2), _)) => {} // no such directory: the archive ends there
