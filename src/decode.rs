@@ -111,6 +111,10 @@ impl std::fmt::Display for DecodeError {
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
+            DecodeError::Corrupt {
+                format: Format::Plain,
+                detail,
+            } => write!(f, "payload is damaged: {detail}"),
             DecodeError::Corrupt { format, detail } => {
                 write!(f, "{} stream is damaged: {detail}", format.name())
             }

@@ -214,7 +214,10 @@ impl Fetcher {
                         "this Barman does not know --keep-compression".into(),
                     ));
                 }
-                Err(Attempt::Failed(exit.into_failure("barman get-wal")))
+                Err(Attempt::Failed(exit.into_failure(&format!(
+                    "barman get-wal {wal}' on '{}",
+                    self.session.target().display()
+                ))))
             }
             Err(StreamEnd::Undecodable(why)) => Err(Attempt::RetryDecompressed(why)),
             Err(StreamEnd::Failed(failure)) => Err(Attempt::Failed(failure)),
@@ -405,9 +408,7 @@ impl Fetcher {
             };
             self.channel_done();
             match listing {
-                Some((Some(0), bytes)) => {
-                    names.extend(direct::names_after(&bytes, wal))
-                }
+                Some((Some(0), bytes)) => names.extend(direct::names_after(&bytes, wal)),
                 Some((Some(2), _)) => {} // no such directory: the archive ends there
                 _ => {
                     self.direct_refused("ls was refused");

@@ -8,41 +8,62 @@
 //! recognisable (see [`crate::spool::TEMP_PREFIX`]) and removed by the next run.
 
 use std::collections::HashSet;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use crate::exit;
 
-fn registry() -> &'static Mutex<HashSet<PathBuf>> {
-    static REGISTRY: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Mutex::new(HashSet::new()))
+struct Registry {
+    paths: HashSet<PathBuf>,
+    /// Set once the signal handler has begun removing files: from then on
+    /// no new temp file may be created, or it would survive the exit.
+    closed: bool,
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(|| {
+            Mutex::new(Registry {
+                paths: HashSet::new(),
+                closed: false,
+            })
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// The process-wide set of temp files in progress.
 pub struct TempRegistry;
 
 impl TempRegistry {
-    pub fn register(path: &Path) {
-        registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf());
+    /// Creates a temp file with `create` and registers it under one lock,
+    /// so a signal cannot come between the two and leave the file behind.
+    /// Refused once the process is exiting on a signal.
+    pub fn create<T>(path: &Path, create: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let mut registry = registry();
+        if registry.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "exiting on a signal",
+            ));
+        }
+        let created = create()?;
+        registry.paths.insert(path.to_path_buf());
+        Ok(created)
     }
 
     pub fn unregister(path: &Path) {
-        registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(path);
+        registry().paths.remove(path);
     }
 
-    /// Removes every registered temp file; returns how many were removed.
+    /// Removes every registered temp file and refuses new ones; returns how
+    /// many were removed.
     pub fn remove_all() -> usize {
-        let paths: Vec<PathBuf> = registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let mut registry = registry();
+        registry.closed = true;
+        let paths: Vec<PathBuf> = registry.paths.drain().collect();
         paths
             .iter()
             .filter(|p| std::fs::remove_file(p).is_ok())

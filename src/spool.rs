@@ -40,14 +40,15 @@ impl TempFile {
                 std::process::id(),
                 rand::random::<u32>()
             ));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
+            let opened = TempRegistry::create(&path, || {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+            });
+            match opened {
                 Ok(file) => {
-                    TempRegistry::register(&path);
                     return Ok((
                         TempFile {
                             path,
