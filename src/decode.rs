@@ -14,6 +14,7 @@ use std::io::{self, BufWriter, Read, Write};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::validate::RecordChecker;
 use crate::wal::WalKind;
 
 /// What a payload turned out to be.
@@ -133,6 +134,9 @@ pub struct Decoded {
     pub bytes_out: u64,
     /// The first bytes written, for validation of the WAL header.
     pub head: Vec<u8>,
+    /// For segments: the record walk's verdict (records checked, or why the
+    /// bytes are damaged). `None` for text files.
+    pub records: Option<Result<u64, String>>,
     /// The output file, flushed but not yet synced.
     pub file: File,
 }
@@ -287,6 +291,7 @@ pub fn decode_stream<R: Read + Send>(
     let mut buf = vec![0u8; 128 << 10];
     let mut head = Vec::with_capacity(HEAD_LEN);
     let mut bytes_out = 0u64;
+    let mut checker = matches!(kind, WalKind::Segment | WalKind::Partial).then(RecordChecker::new);
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -310,6 +315,9 @@ pub fn decode_stream<R: Read + Send>(
                 detail: format!("decodes to more than {MAX_DECODED} bytes"),
             });
         }
+        if let Some(checker) = checker.as_mut() {
+            checker.feed(&buf[..n]);
+        }
         writer.write_all(&buf[..n]).map_err(DecodeError::Write)?;
     }
     if format != Format::Plain && !looks_plain(kind, &head) {
@@ -327,6 +335,7 @@ pub fn decode_stream<R: Read + Send>(
         bytes_in: count.load(std::sync::atomic::Ordering::Relaxed),
         bytes_out,
         head,
+        records: checker.map(|c| c.finish()),
         file,
     })
 }

@@ -286,6 +286,11 @@ impl Fetcher {
         if self.options.verify {
             self.check(wal, decoded.bytes_out, &decoded.head)
                 .map_err(|why| StreamEnd::Failed(Failure::BadPayload(why)))?;
+            if let Some(Err(why)) = &decoded.records {
+                return Err(StreamEnd::Failed(Failure::BadPayload(format!(
+                    "{wal}: {why}"
+                ))));
+            }
         }
         temp.commit(&decoded.file, dest).map_err(local)?;
         Ok(Delivered {

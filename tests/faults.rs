@@ -408,13 +408,9 @@ fn flipped_bits_in_checksummed_payloads_are_refused() {
 
 /// The same with zstd and lz4 frames as Barman writes them: no content
 /// checksum, so a flipped bit decodes to WAL whose long page header is
-/// intact. It must still never be delivered. Known limitation, shared with
-/// the Python original: the client checks the first page header and the
-/// size; a WAL record CRC-32C check while decoding is what would catch it
-/// (and the embedded generator would need real record CRCs for the test).
-/// PostgreSQL itself checks every record's CRC at replay.
+/// intact. It must still never be delivered: the client checks every WAL
+/// record's CRC-32C while decoding (the Python original checks nothing).
 #[test]
-#[ignore = "known limitation: no WAL record CRC check yet (checksum-less zstd/lz4 frames)"]
 fn flipped_bits_in_zstd_and_lz4_payloads_are_never_delivered() {
     const FLIPS: u64 = 4;
     let mut silent = Vec::new();

@@ -174,7 +174,7 @@ impl RecordStream {
             _ => (0x00, RM_HEAP),
         };
         rec.extend_from_slice(&[info, rmid, 0, 0]);
-        rec.extend_from_slice(&(self.rng.next() as u32).to_le_bytes());
+        rec.extend_from_slice(&[0u8; 4]); // xl_crc, set below
         match roll {
             0..=59 => self.heap_update(&mut rec),
             60..=84 => self.btree_insert(&mut rec),
@@ -183,6 +183,9 @@ impl RecordStream {
         }
         let len = rec.len() as u32;
         rec[0..4].copy_from_slice(&len.to_le_bytes());
+        // xl_crc as PostgreSQL computes it: the data, then the header up to the CRC.
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[24..]), &rec[..20]);
+        rec[20..24].copy_from_slice(&crc.to_le_bytes());
         self.prev_lsn = lsn;
         rec
     }
