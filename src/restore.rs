@@ -229,6 +229,18 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
     }
 }
 
+fn is_disk_full(failure: &Failure) -> bool {
+    // The io::Error is rendered into the message by spool::dest_failure.
+    matches!(failure, Failure::Local(m) if m.contains("os error 28"))
+}
+
+/// How many names to ask `get-wal --peek` for: a few windows' worth, so the
+/// next misses find their names in the spool's copy of the answer and
+/// start prefetching without a peek of their own.
+fn peek_size(parallel: usize) -> usize {
+    (parallel * 4).clamp(parallel, 256)
+}
+
 /// The requested file and, with `-p N`, the next N-1 ones, on one session.
 async fn fetch_with_prefetch(
     fetcher: &Arc<Fetcher>,
@@ -249,16 +261,24 @@ async fn fetch_with_prefetch(
             let wal = wal.clone();
             let spool = spool.clone();
             Some(tokio::spawn(async move {
-                let names: Vec<WalName> = match fetcher.peek(&wal, parallel).await {
-                    Ok(names) => names
-                        .into_iter()
-                        .filter(|n| n.is_segment() && n != &wal && !spool.contains(n))
-                        .take(parallel - 1)
-                        .collect(),
-                    Err(failure) => {
-                        return (0, vec![failure]);
-                    }
+                let listed = match spool.known_after(&wal, parallel - 1) {
+                    Some(known) => known,
+                    None => match fetcher.peek(&wal, peek_size(parallel)).await {
+                        Ok(names) => {
+                            let listed: Vec<WalName> = std::iter::once(wal.clone())
+                                .chain(names.into_iter().filter(|n| n.is_segment() && n != &wal))
+                                .collect();
+                            spool.remember_listing(&listed);
+                            listed
+                        }
+                        Err(failure) => return (0, vec![failure]),
+                    },
                 };
+                let names: Vec<WalName> = listed
+                    .into_iter()
+                    .filter(|n| n != &wal && !spool.contains(n))
+                    .take(parallel - 1)
+                    .collect();
                 let results = fetcher.prefetch(names, &spool, parallel - 1).await;
                 let delivered = results.iter().filter(|r| r.is_ok()).count();
                 let failures = results
@@ -293,6 +313,19 @@ async fn fetch_with_prefetch(
             eprintln!("WARNING: {failure}");
         }
     }
+    // The requested file comes first: if prefetched segments filled the
+    // disk it shares with them, drop them and try once more.
+    let result = match (result, spool) {
+        (Err(failure), Some(spool))
+            if is_disk_full(&failure) && spool.evict_prefetched(wal) > 0 =>
+        {
+            if fetcher.options().verbose {
+                eprintln!("WARNING: {failure}; dropped prefetched files to make room");
+            }
+            fetcher.transfer(wal, dest).await
+        }
+        (result, _) => result,
+    };
     let delivered = result?;
     Ok(Outcome::Fetched {
         delivered,

@@ -16,6 +16,9 @@ use crate::exit::Failure;
 use crate::shutdown::TempRegistry;
 use crate::wal::{WalKind, WalName};
 
+/// The last peek's answer, kept by [`Spool::remember_listing`].
+const PEEK_CACHE: &str = ".bwr-peek";
+
 /// Every temp file we create starts with this; nothing else does.
 pub const TEMP_PREFIX: &str = ".bwr-tmp.";
 
@@ -247,6 +250,52 @@ impl Spool {
             .map_err(|e| dest_failure(dest, &e))?;
         let _ = fs::remove_file(src);
         Ok(true)
+    }
+
+    /// The `count` names Barman listed after `wal` in an earlier peek, if
+    /// that listing reaches that far: a later miss then starts its
+    /// prefetches at once instead of paying a `get-wal --peek` (a Python
+    /// start-up on the Barman host) first. The archive only grows, so a
+    /// name once listed stays valid; a miss outside the listing peeks again.
+    pub fn known_after(&self, wal: &WalName, count: usize) -> Option<Vec<WalName>> {
+        let text = fs::read_to_string(self.dir.join(PEEK_CACHE)).ok()?;
+        let names: Vec<WalName> = text
+            .lines()
+            .filter_map(|l| WalName::parse(l).ok())
+            .collect();
+        let at = names.iter().position(|n| n == wal)?;
+        let after = &names[at + 1..];
+        (after.len() >= count).then(|| after[..count].to_vec())
+    }
+
+    /// Remembers a peek's answer for [`Spool::known_after`] (temp name, then
+    /// rename: a concurrent reader sees the old list or the new one).
+    pub fn remember_listing(&self, names: &[WalName]) {
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        if let Ok((temp, mut file)) = TempFile::create_in(&self.dir, PEEK_CACHE) {
+            use std::io::Write;
+            if file.write_all(text.as_bytes()).is_ok() {
+                let _ = temp.commit(&file, &self.dir.join(PEEK_CACHE));
+            }
+        }
+    }
+
+    /// Removes the spooled segments after `wal` (prefetches, which can be
+    /// fetched again) to make room for `wal` itself; returns how many.
+    pub fn evict_prefetched(&self, wal: &WalName) -> usize {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| WalName::parse(n).ok())
+                    .is_some_and(|n| n.is_segment() && n.cmp_position(wal).is_gt())
+            })
+            .filter(|e| fs::remove_file(e.path()).is_ok())
+            .count()
     }
 
     /// Removes spooled segments PostgreSQL has moved past: those before

@@ -467,11 +467,18 @@ pub fn names(dir: &Path) -> Vec<String> {
         Ok(entries) => entries
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !is_bookkeeping(n))
             .collect(),
         Err(_) => Vec::new(),
     };
     names.sort();
     names
+}
+
+/// The client's own bookkeeping files in the spool (the last peek's
+/// answer, the direct-read layout): never a WAL name, never served as WAL.
+pub fn is_bookkeeping(name: &str) -> bool {
+    name == ".bwr-peek" || name.starts_with(".bwr-layout.")
 }
 
 /// Temp files (`.bwr-tmp.*`) in `dir`.
