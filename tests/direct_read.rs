@@ -41,8 +41,16 @@ fn every_compression_is_read_directly_and_byte_identical() {
             "{compression:?}: get-wal was used: {:?}",
             stats.commands
         );
-        let show_servers = stats.commands.iter().filter(|c| c.contains("show-server")).count();
-        assert_eq!(show_servers, 1, "the layout is learnt once and cached: {:?}", stats.commands);
+        let show_servers = stats
+            .commands
+            .iter()
+            .filter(|c| c.contains("show-server"))
+            .count();
+        assert_eq!(
+            show_servers, 1,
+            "the layout is learnt once and cached: {:?}",
+            stats.commands
+        );
     }
 }
 
@@ -58,7 +66,9 @@ fn a_file_still_in_incoming_is_found() {
         .args(["--direct-read"])
         .run(&incoming, &work.dest())
         .assert_code(0);
-    assert!(std::fs::read(work.dest()).unwrap() == barman.archive().raw_segment(&incoming).unwrap());
+    assert!(
+        std::fs::read(work.dest()).unwrap() == barman.archive().raw_segment(&incoming).unwrap()
+    );
     assert!(get_wals(&barman.stats().commands).is_empty());
 }
 
@@ -75,11 +85,16 @@ fn a_forced_command_account_falls_back_to_get_wal_and_remembers() {
     let call = Call::new(&barman, &work).args(["--direct-read", "-p", "2"]);
     for n in [0, 2, 4] {
         call.run(&seg(n), &work.dest()).assert_code(0);
-        assert!(std::fs::read(work.dest()).unwrap() == barman.archive().raw_segment(&seg(n)).unwrap());
+        assert!(
+            std::fs::read(work.dest()).unwrap() == barman.archive().raw_segment(&seg(n)).unwrap()
+        );
     }
     let commands = barman.stats().commands;
     let cats = commands.iter().filter(|c| c.starts_with("cat ")).count();
-    assert_eq!(cats, 1, "refused once, then remembered in the cache: {commands:?}");
+    assert_eq!(
+        cats, 1,
+        "refused once, then remembered in the cache: {commands:?}"
+    );
     assert!(!get_wals(&commands).is_empty());
 }
 
