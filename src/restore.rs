@@ -160,22 +160,74 @@ fn open_spool(args: &RestoreArgs) -> Result<Option<Spool>, Failure> {
     Ok(None)
 }
 
-async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
+/// What every call checks before anything else, no connection involved.
+struct Checked {
+    wal: WalName,
+    server: BarmanServer,
+    dest: std::path::PathBuf,
+    spool: Option<Spool>,
+}
+
+fn check_locally(args: &RestoreArgs) -> Result<Checked, Failure> {
     let wal = WalName::parse(&args.wal_name).map_err(|e| Failure::Local(e.to_string()))?;
     let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
     let dest = args.wal_dest.clone();
     spool::check_destination(&dest)?;
-    spool::remove_dead_temp_files(spool::parent_dir(&dest));
     let spool = open_spool(args)?;
+    Ok(Checked {
+        wal,
+        server,
+        dest,
+        spool,
+    })
+}
 
-    if let Some(spool) = &spool {
-        // History files are always asked of Barman: a timeline may have
-        // appeared since any earlier run.
-        if wal.kind() != WalKind::History && spool.take(&wal, &dest)? {
-            return Ok(Outcome::FromSpool);
+/// History files are always asked of Barman: a timeline may have appeared
+/// since any earlier run.
+fn take_from_spool(checked: &Checked) -> Result<bool, Failure> {
+    match &checked.spool {
+        Some(spool) if checked.wal.kind() != WalKind::History => {
+            spool.take(&checked.wal, &checked.dest)
         }
-        spool.purge_stale(&wal);
+        _ => Ok(false),
     }
+}
+
+/// The spool-hit fast path, before any async runtime exists: a hit is a
+/// rename and should cost little more than the process start. `None` when
+/// the call needs more (a miss, `--test`, or a problem that the full path
+/// reports).
+pub fn serve_from_spool(args: &RestoreArgs) -> Option<i32> {
+    if args.test {
+        return None;
+    }
+    let checked = check_locally(args).ok()?;
+    if !take_from_spool(&checked).ok()? {
+        return None;
+    }
+    write_stats(&SessionStats::default());
+    if args.verbose {
+        report(&Outcome::FromSpool, &SessionStats::default());
+    }
+    Some(exit::SUCCESS)
+}
+
+async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
+    let checked = check_locally(args)?;
+    if take_from_spool(&checked)? {
+        return Ok(Outcome::FromSpool);
+    }
+    // A miss: now the per-call housekeeping is worth its cost.
+    spool::remove_dead_temp_files(spool::parent_dir(&checked.dest));
+    if let Some(spool) = &checked.spool {
+        spool.purge_stale(&checked.wal);
+    }
+    let Checked {
+        wal,
+        server,
+        dest,
+        spool,
+    } = checked;
 
     let target = Arc::new(SshTarget::resolve(
         &args.connection.connect_options(&args.barman_host),

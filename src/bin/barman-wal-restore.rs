@@ -6,6 +6,9 @@ use clap::Parser;
 
 fn main() {
     let args = RestoreArgs::parse();
+    if let Some(code) = restore::serve_from_spool(&args) {
+        std::process::exit(code);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
