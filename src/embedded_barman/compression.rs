@@ -71,22 +71,19 @@ impl StoredCompression {
     /// Recognises a stored file by its first bytes, as Barman does per file.
     /// Anything unrecognised is served as raw bytes.
     pub fn sniff(head: &[u8]) -> StoredCompression {
-        const MAGICS: [(&[u8], StoredCompression); 7] = [
-            (&[0x1f, 0x8b, 0x08], StoredCompression::Gzip),
-            (b"BZh", StoredCompression::Bzip2),
-            (&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], StoredCompression::Xz),
-            (&[0x28, 0xb5, 0x2f, 0xfd], StoredCompression::Zstd),
-            (&[0x04, 0x22, 0x4d, 0x18], StoredCompression::Lz4),
-            (
-                &[0xff, 0x06, 0x00, 0x00, 0x73, 0x4e, 0x61, 0x50, 0x70, 0x59],
-                StoredCompression::Snappy,
-            ),
-            (CUSTOM_HEADER, StoredCompression::Custom),
-        ];
-        MAGICS
-            .iter()
-            .find(|(magic, _)| head.starts_with(magic))
-            .map_or(StoredCompression::None, |&(_, c)| c)
+        use crate::decode::{sniff_compression, Format};
+        if head.starts_with(CUSTOM_HEADER) {
+            return StoredCompression::Custom;
+        }
+        match sniff_compression(head) {
+            Some(Format::Gzip) => StoredCompression::Gzip,
+            Some(Format::Bzip2) => StoredCompression::Bzip2,
+            Some(Format::Xz) => StoredCompression::Xz,
+            Some(Format::Zstd) => StoredCompression::Zstd,
+            Some(Format::Lz4) => StoredCompression::Lz4,
+            Some(Format::Snappy) => StoredCompression::Snappy,
+            Some(Format::Plain) | None => StoredCompression::None,
+        }
     }
 
     /// Compresses `raw` into this format. Levels are low: the archive is
