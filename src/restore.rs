@@ -173,6 +173,9 @@ fn check_locally(args: &RestoreArgs) -> Result<Checked, Failure> {
     let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
     let dest = args.wal_dest.clone();
     spool::check_destination(&dest)?;
+    // Leftovers of a killed run beside WAL_DEST go with the next call, hit
+    // or miss (a read_dir of pg_wal: tens of microseconds).
+    spool::remove_dead_temp_files(spool::parent_dir(&dest));
     let spool = open_spool(args)?;
     Ok(Checked {
         wal,
@@ -217,8 +220,6 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
     if take_from_spool(&checked)? {
         return Ok(Outcome::FromSpool);
     }
-    // A miss: now the per-call housekeeping is worth its cost.
-    spool::remove_dead_temp_files(spool::parent_dir(&checked.dest));
     if let Some(spool) = &checked.spool {
         spool.purge_stale(&checked.wal);
     }
