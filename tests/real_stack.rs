@@ -347,6 +347,28 @@ impl Stack {
     fn ours(&self, cfg: &str, opts: &[&str], wal: &str, dest: &str, cwd: &Path) -> Command {
         self.ours_full(self.get("SSH_PORT"), SERVER, cfg, opts, wal, dest, cwd)
     }
+    /// Our binary with another client key (an account made by `stack.sh forced-key`).
+    fn ours_keyed(
+        &self,
+        key: &Path,
+        cfg: &str,
+        opts: &[&str],
+        wal: &str,
+        dest: &str,
+        cwd: &Path,
+    ) -> Command {
+        let key = key.to_string_lossy();
+        self.ours_with(
+            self.get("SSH_PORT"),
+            &key,
+            SERVER,
+            cfg,
+            opts,
+            wal,
+            dest,
+            cwd,
+        )
+    }
     fn ours_to(
         &self,
         port: &str,
@@ -369,6 +391,20 @@ impl Stack {
         dest: &str,
         cwd: &Path,
     ) -> Command {
+        self.ours_with(port, self.get("SSH_KEY"), server, cfg, opts, wal, dest, cwd)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn ours_with(
+        &self,
+        port: &str,
+        key: &str,
+        server: &str,
+        cfg: &str,
+        opts: &[&str],
+        wal: &str,
+        dest: &str,
+        cwd: &Path,
+    ) -> Command {
         let mut c = Command::new(BIN);
         c.current_dir(cwd)
             .env("HOME", &self.home)
@@ -379,7 +415,7 @@ impl Stack {
             "--port",
             port,
             "-i",
-            self.get("SSH_KEY"),
+            key,
             "--known-hosts",
             self.get("KNOWN_HOSTS"),
         ]);
@@ -409,13 +445,117 @@ impl Stack {
     }
     /// Command line for PostgreSQL's restore_command (run by postgres: its own key copy).
     fn restore_command(&self, cfg: &str, opts: &str) -> String {
+        self.restore_command_keyed(Path::new(self.get("PG_SSH_KEY")), cfg, opts)
+    }
+    /// Same with another key readable by postgres (`forced_key(.., Owner::Postgres)`).
+    fn restore_command_keyed(&self, key: &Path, cfg: &str, opts: &str) -> String {
         format!(
             "{} {opts} -U barman --port {} -i {} --known-hosts {} -c {cfg} {HOST} {SERVER} %f %p",
             self.pg_bin.display(),
             self.get("SSH_PORT"),
-            self.get("PG_SSH_KEY"),
+            key.display(),
             self.get("PG_KNOWN_HOSTS"),
         )
+    }
+
+    /// A new client key whose authorized_keys line forces `forced-command.sh MODE`
+    /// (`barman-only`: a restricted Barman account; `log-all`: runs anything); every command
+    /// the account is asked to run is logged. Returns the key and the log.
+    fn forced_key(&self, name: &str, mode: &str, owner: &str) -> Result<ForcedKey, Failed> {
+        let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        let name: String = format!("{name}-{}-{n}", std::process::id())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let out = run(
+            Command::new("bash").arg(stack_script()).args([
+                "forced-key",
+                &self.dir.to_string_lossy(),
+                &name,
+                mode,
+                owner,
+            ]),
+            Duration::from_secs(60),
+        )?;
+        out.expect_code(0)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut it = text.split_whitespace();
+        match (it.next(), it.next()) {
+            (Some(key), Some(log)) => Ok(ForcedKey {
+                key: key.into(),
+                log: log.into(),
+            }),
+            _ => Err(fail(format!("stack.sh forced-key printed {text:?}"))),
+        }
+    }
+}
+
+/// A client key of a forced-command account, and the log of the commands it was asked to run.
+struct ForcedKey {
+    key: PathBuf,
+    log: PathBuf,
+}
+
+impl ForcedKey {
+    /// The commands run so far, one per line, in order.
+    fn commands(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "commands run by the account:\n{}",
+            self.commands().join("\n")
+        )
+    }
+
+    /// Every name was read with `cat` (in the named directory, if given) and none was asked of
+    /// `barman get-wal` (nor peeked at through it); only `missing` names may be.
+    fn expect_direct(
+        &self,
+        names: &[String],
+        within: Option<&str>,
+        missing: &[&str],
+    ) -> TestResult {
+        let cmds = self.commands();
+        for name in names {
+            let read = cmds.iter().any(|c| {
+                c.starts_with("cat -- ")
+                    && c.contains(name.as_str())
+                    && within.is_none_or(|d| c.contains(&format!("/{d}/{name}'")))
+            });
+            if !read {
+                return Err(fail(format!(
+                    "{name} was not read with cat{}; {}",
+                    within.map(|d| format!(" from {d}/")).unwrap_or_default(),
+                    self.describe()
+                )));
+            }
+        }
+        if let Some(c) = cmds
+            .iter()
+            .find(|c| c.contains(" get-wal ") && !missing.iter().any(|m| c.contains(m)))
+        {
+            return Err(fail(format!(
+                "direct read still asked barman get-wal: `{c}`; {}",
+                self.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.commands().iter().filter(|c| pred(c)).count()
     }
 }
 
@@ -512,17 +652,20 @@ fn spool_leftovers(spool: &Path) -> Vec<String> {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Tool {
+enum Tool<'a> {
     Ours,
+    /// Ours with the key of a forced-command account.
+    OursKeyed(&'a Path),
     Oracle,
 }
 
 /// Call the tool once per name, in order, as PostgreSQL would (fresh spool for the run), and
 /// compare every delivered file with what PostgreSQL archived. With our tool, finish with a name
 /// that is not in the archive (must exit 1) and check that the spool holds no leftover WAL.
+#[allow(clippy::too_many_arguments)]
 fn fetch_sequence(
     st: &Stack,
-    tool: Tool,
+    tool: Tool<'_>,
     cfg: &str,
     names: &[String],
     orig: &Path,
@@ -540,6 +683,7 @@ fn fetch_sequence(
         let _ = fs::remove_file(&dest);
         let mut cmd = match tool {
             Tool::Ours => st.ours(cfg, &all_opts, name, DEST, work),
+            Tool::OursKeyed(key) => st.ours_keyed(key, cfg, &all_opts, name, DEST, work),
             Tool::Oracle => st.oracle(cfg, &all_opts, name, DEST, work),
         };
         let out = run(&mut cmd, CALL_TIMEOUT)?;
@@ -549,9 +693,13 @@ fn fetch_sequence(
         compare_file(&dest, &orig.join(name))?;
     }
     let _ = fs::remove_file(&dest);
-    if tool == Tool::Ours {
+    if tool != Tool::Oracle {
         if let Some(m) = missing_after {
-            let out = run(&mut st.ours(cfg, &all_opts, m, DEST, work), CALL_TIMEOUT)?;
+            let mut cmd = match tool {
+                Tool::OursKeyed(key) => st.ours_keyed(key, cfg, &all_opts, m, DEST, work),
+                _ => st.ours(cfg, &all_opts, m, DEST, work),
+            };
+            let out = run(&mut cmd, CALL_TIMEOUT)?;
             out.expect_code(1).map_err(|e| {
                 fail(format!(
                     "{m} is not in the archive: {}",
@@ -757,7 +905,7 @@ impl<'a> Pg<'a> {
                 }
             }
             polls += 1;
-            if polls % 10 == 0 && !self.running() {
+            if polls.is_multiple_of(10) && !self.running() {
                 return Err(fail(format!(
                     "{}: server died waiting for `{sql}` = {want} (last: {last})\n--- log:\n{}",
                     self.name,
@@ -963,6 +1111,43 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         }),
     );
     add(
+        "postgres::archive_recovery_direct_read_p8".into(),
+        Box::new(|st| {
+            // The same recovery to the end of the archive through --direct-read -p 8, by a
+            // log-all account (key owned by postgres): the segments must come from cat, not
+            // from barman get-wal.
+            let account = st.forced_key("pg-direct", "log-all", "postgres")?;
+            let cmd = st.restore_command_keyed(
+                &account.key,
+                &st.config("gzip"),
+                "--direct-read -p 8 --spool-dir @SPOOL@",
+            );
+            with_cluster(
+                st,
+                "pitr-direct",
+                "recovery.signal",
+                &format!("restore_command = '{cmd}'"),
+                |pg| {
+                    pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
+                    pg.wait_for(
+                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
+                        st.get("ROWS"),
+                        Duration::from_secs(10),
+                    )?;
+                    pg.expect_log("archive recovery complete")?;
+                    // every segment the base backup needs (from its own on) was read directly
+                    let segs = st.list("WAL_SEGMENTS");
+                    let from = segs
+                        .iter()
+                        .position(|s| st.get("WAL_BACKUP_LABEL").starts_with(s.as_str()))
+                        .ok_or_else(|| fail("backup label names no archived segment"))?;
+                    let missing = next_missing(st);
+                    account.expect_direct(&segs[from..], None, &[&missing, ".history"])
+                },
+            )
+        }),
+    );
+    add(
         "postgres::recovery_follows_timeline_switch".into(),
         Box::new(|st| {
             // The "tl" archive holds timeline 1, 00000002.history and timeline 2: with
@@ -1025,6 +1210,202 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
             }
         }
     }
+
+    // --direct-read: the stored files read with `cat` over the session, every compression
+    // byte-identical (-p 8 for all, -p 0/1/16 for two); a log-all account records what ran, so
+    // the trial proves no `barman get-wal` was asked for a file that direct read can settle.
+    let direct_cases = COMPRESSIONS.iter().map(|&c| (c, 8u32)).chain(
+        ["zstd", "none"]
+            .into_iter()
+            .flat_map(|c| [0u32, 1, 16].map(|p| (c, p))),
+    );
+    for (comp, p) in direct_cases {
+        let name = format!("direct::{comp}::p{p}");
+        add(
+            name.clone(),
+            Box::new(move |st| {
+                let work = st.workdir(&name)?;
+                let account = st.forced_key("direct", "log-all", "root")?;
+                let ps = p.to_string();
+                let opts = ["--direct-read", "-p", ps.as_str()];
+                let w = match p {
+                    0 | 1 => Window::AroundData(3),
+                    8 => Window::AtEnd(9),
+                    _ => Window::AtEnd(8),
+                };
+                let names = window(st, w)?;
+                let missing = next_missing(st);
+                fetch_sequence(
+                    st,
+                    Tool::OursKeyed(&account.key),
+                    &st.config(comp),
+                    &names,
+                    &st.orig(),
+                    &opts,
+                    Some(&missing),
+                    &work,
+                )?;
+                // the missing name is confirmed by Barman, nothing else is asked of it
+                account.expect_direct(&names, Some("wals/0000000100000000"), &[&missing])?;
+                let show = account.count(|c| c.contains(" show-server "));
+                // with a spool (-p 1 and up) the layout is learnt once and cached there
+                if p > 0 && show != 1 {
+                    return Err(fail(format!(
+                        "show-server ran {show} times, want 1; {}",
+                        account.describe()
+                    )));
+                }
+                Ok(())
+            }),
+        );
+    }
+    add(
+        "direct::incoming_segment".into(),
+        Box::new(|st| {
+            // Config "incoming": two segments Barman received but never archived.
+            let work = st.workdir("direct_incoming")?;
+            let cfg = st.get("INCOMING_CONFIG").to_string();
+            let names = st.list("INCOMING_WALS");
+            // the segment after them is archived in the other configs, not in this one
+            let segs = st.list("WAL_SEGMENTS");
+            let last = names.last().cloned().unwrap_or_default();
+            let after = segs
+                .iter()
+                .position(|s| *s == last)
+                .and_then(|i| segs.get(i + 1))
+                .cloned()
+                .ok_or_else(|| fail("no segment after INCOMING_WALS"))?;
+            for p in ["0", "8"] {
+                let account = st.forced_key("incoming", "log-all", "root")?;
+                let sub = work.join(format!("p{p}"));
+                fs::create_dir_all(sub.join("pg_wal")).map_err(|e| fail(e.to_string()))?;
+                fetch_sequence(
+                    st,
+                    Tool::OursKeyed(&account.key),
+                    &cfg,
+                    &names,
+                    &st.orig(),
+                    &["--direct-read", "-p", p],
+                    Some(&after),
+                    &sub,
+                )?;
+                account.expect_direct(&names, Some("incoming"), &[&after])?;
+            }
+            // Barman's own get-wal serves them from incoming/ too (the Python original)
+            fetch_sequence(st, Tool::Oracle, &cfg, &names, &st.orig(), &[], None, &work)
+        }),
+    );
+    add(
+        "direct::timeline_history_p8".into(),
+        Box::new(|st| {
+            let work = st.workdir("direct_tl")?;
+            let account = st.forced_key("tl", "log-all", "root")?;
+            let names = st.list("TL_FILES");
+            fetch_sequence(
+                st,
+                Tool::OursKeyed(&account.key),
+                st.get("TL_CONFIG"),
+                &names,
+                Path::new(st.get("TL_ORIG_DIR")),
+                &["--direct-read", "-p", "8"],
+                Some("00000003.history"),
+                &work,
+            )?;
+            // 00000002.history sits at the top of wals/, segments in their hash directories
+            account.expect_direct(&names[..1], Some("wals"), &["00000003.history"])?;
+            account.expect_direct(&names, None, &["00000003.history"])
+        }),
+    );
+    add(
+        "direct::restricted_account_falls_back".into(),
+        Box::new(|st| {
+            // authorized_keys forces a wrapper that runs `barman ...` only: cat and ls are
+            // refused, every file must still arrive, through get-wal.
+            let work = st.workdir("direct_restricted")?;
+            let account = st.forced_key("restricted", "barman-only", "root")?;
+            let cfg = st.config("gzip");
+            let missing = next_missing(st);
+            // -p 8: refused once, remembered in the spool's cache for the later calls
+            let names = window(st, Window::AtEnd(9))?;
+            fetch_sequence(
+                st,
+                Tool::OursKeyed(&account.key),
+                &cfg,
+                &names,
+                &st.orig(),
+                &["--direct-read", "-p", "8"],
+                Some(&missing),
+                &work,
+            )?;
+            let refused = account.count(|c| !c.starts_with("barman "));
+            if !(1..=2).contains(&refused) {
+                return Err(fail(format!(
+                    "want 1 or 2 refused direct reads (cat, ls) before the cache says restricted, \
+                     got {refused}; {}",
+                    account.describe()
+                )));
+            }
+            for name in &names {
+                if !account
+                    .commands()
+                    .iter()
+                    .any(|c| c.contains(" get-wal ") && c.contains(name.as_str()))
+                {
+                    return Err(fail(format!(
+                        "{name} was not fetched with get-wal; {}",
+                        account.describe()
+                    )));
+                }
+            }
+            let cache: Vec<String> = fs::read_dir(work.join("spool"))
+                .map_err(|e| fail(e.to_string()))?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".bwr-layout."))
+                .map(|e| fs::read_to_string(e.path()).unwrap_or_default())
+                .collect();
+            if cache.len() != 1 || cache[0].trim() != "restricted" {
+                return Err(fail(format!("layout cache in the spool: {cache:?}")));
+            }
+            // -p 0 (no spool, nothing cached): every call finds out again, says so with -v
+            let sub = work.join("p0");
+            fs::create_dir_all(sub.join("pg_wal")).map_err(|e| fail(e.to_string()))?;
+            let seg = st
+                .list("WAL_DATA_SEGMENTS")
+                .last()
+                .cloned()
+                .unwrap_or_default();
+            let out = run(
+                &mut st.ours_keyed(
+                    &account.key,
+                    &cfg,
+                    &["--direct-read", "-v", "--spool-dir", "no-spool"],
+                    &seg,
+                    DEST,
+                    &sub,
+                ),
+                CALL_TIMEOUT,
+            )?;
+            out.expect_code(0)?;
+            if !out.stderr.contains("direct read refused") {
+                return Err(fail(format!(
+                    "-v does not say that direct read was refused:\n{}",
+                    out.describe()
+                )));
+            }
+            compare_file(&sub.join(DEST), &st.orig().join(&seg))?;
+            let names = window(st, Window::AroundData(3))?;
+            fetch_sequence(
+                st,
+                Tool::OursKeyed(&account.key),
+                &cfg,
+                &names,
+                &st.orig(),
+                &["--direct-read", "-p", "0"],
+                Some(&missing),
+                &sub,
+            )
+        }),
+    );
 
     // The Python barman-wal-restore as the compatibility oracle, on the same stack.
     for comp in COMPRESSIONS {
@@ -1454,7 +1835,7 @@ fn main() {
     }
     if let Ok(mut t) = shared.timings.lock() {
         if !t.is_empty() {
-            t.sort_by(|a, b| b.0.cmp(&a.0));
+            t.sort_by_key(|e| std::cmp::Reverse(e.0));
             let total: Duration = t.iter().map(|x| x.0).sum();
             let n = if env_is("BWR_TIMINGS", &["1", "all"]) {
                 t.len()
