@@ -153,6 +153,23 @@ pub struct RestoreArgs {
     #[arg(long = "direct-read")]
     pub direct_read: bool,
 
+    /// (ours) Keep the spool filled ahead of replay by one background
+    /// worker per spool on one long-lived SSH session; `-p N` is how many
+    /// segments it keeps ready or in flight. A call the worker cannot serve
+    /// fetches its file itself
+    #[arg(long = "async")]
+    pub async_prefetch: bool,
+
+    /// (ours) How long the background worker of `--async` waits for a
+    /// request before it exits
+    #[arg(long = "async-idle", value_name = "SECS", default_value_t = 60)]
+    pub async_idle: u64,
+
+    /// Run as the background worker of `--async` (started by a call, not
+    /// by users)
+    #[arg(long = "async-worker", hide = true)]
+    pub async_worker: bool,
+
     /// (ours) Deliver files without checking their WAL headers
     #[arg(long = "no-verify")]
     pub no_verify: bool,

@@ -20,6 +20,8 @@
 //! - [`spool`]: the spool directory, temp files, atomic delivery, cleanup.
 //! - [`fetch`]: transfers and the sliding prefetch window over one session.
 //! - [`restore`]: one restore_command call, from arguments to exit status.
+//! - [`handoff`] and [`worker`]: `--async`, a background worker per spool
+//!   that keeps it filled on one long-lived session, and how calls ask it.
 //! - [`exit`]: the only place that decides exit statuses.
 //! - [`shutdown`]: signals, and the temp files they must not leave behind.
 //! - [`bench`]: `barman-wal-bench`, measuring calls as PostgreSQL makes them.
@@ -33,6 +35,7 @@ pub mod direct;
 pub mod embedded_barman;
 pub mod exit;
 pub mod fetch;
+pub mod handoff;
 pub mod remote;
 pub mod restore;
 pub mod shutdown;
@@ -40,3 +43,4 @@ pub mod spool;
 pub mod ssh;
 pub mod validate;
 pub mod wal;
+pub mod worker;

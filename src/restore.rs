@@ -14,6 +14,7 @@ use crate::cli::RestoreArgs;
 use crate::direct;
 use crate::exit::{self, Failure, RecoveryMode};
 use crate::fetch::{Delivered, FetchOptions, Fetcher};
+use crate::handoff::{self, Handed};
 use crate::remote::BarmanServer;
 use crate::spool::{self, Spool};
 use crate::ssh::{Session, SessionStats, SshTarget};
@@ -28,6 +29,8 @@ const SESSION_ATTEMPTS: u32 = 2;
 #[derive(Debug)]
 pub enum Outcome {
     FromSpool,
+    /// The `--async` worker delivered it.
+    FromWorker,
     Fetched {
         delivered: Delivered,
         prefetched: usize,
@@ -77,6 +80,7 @@ fn report(outcome: &Outcome, stats: &SessionStats) {
     let (connections, channels, refused) = stats.snapshot();
     match outcome {
         Outcome::FromSpool => eprintln!("INFO: served from the spool, no connection"),
+        Outcome::FromWorker => eprintln!("INFO: delivered by the --async worker"),
         Outcome::Fetched {
             delivered,
             prefetched,
@@ -98,7 +102,7 @@ fn report(outcome: &Outcome, stats: &SessionStats) {
 /// `connections channels refused peak_rss_kib` of this call to FILE. The
 /// peak RSS is read here because a parent's `wait4` may count memory of
 /// the parent copied before `exec`.
-fn write_stats(stats: &SessionStats) {
+pub(crate) fn write_stats(stats: &SessionStats) {
     let Some(path) = std::env::var_os("BARMAN_WAL_RESTORE_STATS") else {
         return;
     };
@@ -230,46 +234,36 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
         spool,
     } = checked;
 
+    if args.async_prefetch && wal.is_segment() {
+        if let Some(spool) = &spool {
+            let timeout = Duration::from_secs(args.connection.io_timeout.max(1));
+            match handoff::ask_worker(spool, &wal, &dest, timeout).await? {
+                Handed::Delivered => return Ok(Outcome::FromWorker),
+                // With -P, the partial file of a missing segment is a direct fetch's job.
+                Handed::Missing(message) if !args.partial => {
+                    return Err(Failure::NotFound(message))
+                }
+                Handed::Missing(_) => {}
+                Handed::Unanswered(why) => {
+                    if args.verbose {
+                        eprintln!("WARNING: {why}; fetching {wal} without the worker");
+                    }
+                }
+            }
+        } else if args.verbose {
+            eprintln!("WARNING: --async needs a spool (-p 1 or more); fetching directly");
+        }
+    }
+
     let target = Arc::new(SshTarget::resolve(
         &args.connection.connect_options(&args.barman_host),
     )?);
-    let (transfer, auto_keep) = args.transfer();
-    let options = FetchOptions {
-        transfer,
-        auto_keep,
-        partial: args.partial,
-        verify: !args.no_verify,
-        verbose: args.verbose,
-    };
     let mut session_attempt = 1;
     loop {
-        let session = Arc::new(
-            Session::connect_with_retries(
-                target.clone(),
-                stats.clone(),
-                CONNECT_ATTEMPTS,
-                args.verbose,
-            )
-            .await?,
-        );
-        let fetcher = Arc::new(Fetcher::new(
-            session.clone(),
-            server.clone(),
-            options.clone(),
-        ));
-        if args.direct_read {
-            let key = format!(
-                "{}|{:?}|{}",
-                target.display(),
-                server.config(),
-                server.name()
-            );
-            let cache = spool.as_ref().map(|s| direct::cache_path(s.dir(), &key));
-            fetcher.learn_layout(cache).await;
-        }
+        let fetcher = connect(args, &target, &server, spool.as_ref(), stats).await?;
         let result =
             fetch_with_prefetch(&fetcher, &wal, &dest, spool.as_ref(), args.parallel).await;
-        session.close().await;
+        fetcher.session().close().await;
         match result {
             Err(failure) if failure.is_transient() && session_attempt < SESSION_ATTEMPTS => {
                 if args.verbose {
@@ -282,6 +276,50 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
     }
 }
 
+/// How this call's files are asked for and checked.
+fn fetch_options(args: &RestoreArgs) -> FetchOptions {
+    let (transfer, auto_keep) = args.transfer();
+    FetchOptions {
+        transfer,
+        auto_keep,
+        partial: args.partial,
+        verify: !args.no_verify,
+        verbose: args.verbose,
+    }
+}
+
+/// One session and a fetcher on it, with the archive layout learnt when
+/// `--direct-read` asks for it (the spool caches that answer).
+pub(crate) async fn connect(
+    args: &RestoreArgs,
+    target: &Arc<SshTarget>,
+    server: &BarmanServer,
+    spool: Option<&Spool>,
+    stats: &Arc<SessionStats>,
+) -> Result<Arc<Fetcher>, Failure> {
+    let session = Arc::new(
+        Session::connect_with_retries(
+            target.clone(),
+            stats.clone(),
+            CONNECT_ATTEMPTS,
+            args.verbose,
+        )
+        .await?,
+    );
+    let fetcher = Arc::new(Fetcher::new(session, server.clone(), fetch_options(args)));
+    if args.direct_read {
+        let key = format!(
+            "{}|{:?}|{}",
+            target.display(),
+            server.config(),
+            server.name()
+        );
+        let cache = spool.map(|s| direct::cache_path(s.dir(), &key));
+        fetcher.learn_layout(cache).await;
+    }
+    Ok(fetcher)
+}
+
 fn is_disk_full(failure: &Failure) -> bool {
     // The io::Error is rendered into the message by spool::dest_failure.
     matches!(failure, Failure::Local(m) if m.contains("os error 28"))
@@ -290,7 +328,7 @@ fn is_disk_full(failure: &Failure) -> bool {
 /// How many names to ask `get-wal --peek` for: a few windows' worth, so the
 /// next misses find their names in the spool's copy of the answer and
 /// start prefetching without a peek of their own.
-fn peek_size(parallel: usize) -> usize {
+pub(crate) fn peek_size(parallel: usize) -> usize {
     (parallel * 4).clamp(parallel, 256)
 }
 

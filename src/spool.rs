@@ -127,14 +127,27 @@ pub fn remove_dead_temp_files(dir: &Path) {
     }
 }
 
-fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
     // kill(pid, 0) checks existence without sending anything; EPERM means it
     // exists but belongs to someone else.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !is_zombie(pid)
+}
+
+/// A process that has exited but was not reaped yet (an `--async` worker
+/// whose parent call is still running, or any orphan where pid 1 is slow to
+/// reap, as in some containers) still answers `kill(pid, 0)`.
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and
+        // may itself contain ") ".
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// Where prefetched files wait for PostgreSQL to ask for them.

@@ -1,13 +1,15 @@
 //! `barman-wal-restore`: PostgreSQL's restore_command. Parses the command
 //! line and hands it to the library; everything else lives there.
 
-use barman_wal_restore::{cli::RestoreArgs, exit, restore, shutdown};
+use barman_wal_restore::{cli::RestoreArgs, exit, restore, shutdown, worker};
 use clap::Parser;
 
 fn main() {
     let args = RestoreArgs::parse();
-    if let Some(code) = restore::serve_from_spool(&args) {
-        std::process::exit(code);
+    if !args.async_worker {
+        if let Some(code) = restore::serve_from_spool(&args) {
+            std::process::exit(code);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -22,7 +24,11 @@ fn main() {
     };
     let code = runtime.block_on(async {
         shutdown::exit_on_signals();
-        restore::run(&args).await
+        if args.async_worker {
+            worker::run(&args).await
+        } else {
+            restore::run(&args).await
+        }
     });
     // Leave without waiting for blocking threads: every transfer has ended.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -476,9 +476,10 @@ pub fn names(dir: &Path) -> Vec<String> {
 }
 
 /// The client's own bookkeeping files in the spool (the last peek's
-/// answer, the direct-read layout): never a WAL name, never served as WAL.
+/// answer, the direct-read layout, the `--async` worker's lock and log):
+/// never a WAL name, never served as WAL.
 pub fn is_bookkeeping(name: &str) -> bool {
-    name == ".bwr-peek" || name.starts_with(".bwr-layout.")
+    name == ".bwr-peek" || name.starts_with(".bwr-layout.") || name.starts_with(".bwr-worker.")
 }
 
 /// Temp files (`.bwr-tmp.*`) in `dir`.

@@ -1,0 +1,492 @@
+//! The `--async` background worker: one per spool, one SSH session across
+//! many restore_command calls, keeping the next `-p N` segments ready or in
+//! flight while PostgreSQL replays.
+//!
+//! It learns where PostgreSQL is from the spool alone (see
+//! [`crate::handoff`]): a request names the segment a call missed, and a
+//! segment it delivered that disappears was taken by a call (a spool hit).
+//! The window is the N segments Barman listed after that position; what it
+//! fetches goes through [`Fetcher::transfer`], the same temp name,
+//! validation, fsync and rename as a direct fetch. It answers a request it
+//! cannot fulfil (Barman's "not found", or any failure) so the call can act
+//! at once, reconnects after a broken session, and exits after
+//! `--async-idle` seconds without a request or a hit, or when its spool
+//! disappears.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::cli::RestoreArgs;
+use crate::exit::{self, Failure};
+use crate::fetch::Fetcher;
+use crate::handoff::{self, Answer, Request};
+use crate::remote::BarmanServer;
+use crate::restore;
+use crate::spool::{self, Spool};
+use crate::ssh::{SessionStats, SshTarget};
+use crate::wal::WalName;
+
+/// How often the worker looks at the spool for requests and hits. A
+/// request waits at most this long before the worker sees it.
+const TICK: Duration = Duration::from_millis(5);
+
+/// At the archive's head, how often to ask Barman for new segments (each
+/// `get-wal --peek` is a Python start-up on the Barman host).
+const HEAD_POLL: Duration = Duration::from_secs(2);
+
+/// A prefetch that failed is not tried again for this long, unless a call
+/// asks for that very segment.
+const PREFETCH_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long a caller may take to pick up a delivered segment and withdraw
+/// its request before the worker concludes another caller took it.
+const RACE_GRACE: Duration = Duration::from_millis(500);
+
+/// After a failed connection attempt, the next one waits this long.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// How long a new worker waits for the lock before deciding another
+/// worker has it (a caller's liveness check holds it for an instant).
+const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// What a background job reports.
+enum Done {
+    Transfer(WalName, Result<(), Failure>),
+    Peek(WalName, usize, Result<Vec<WalName>, Failure>),
+}
+
+struct Worker<'a> {
+    args: &'a RestoreArgs,
+    spool: Spool,
+    window: usize,
+    idle: Duration,
+    target: Arc<SshTarget>,
+    server: BarmanServer,
+    stats: Arc<SessionStats>,
+    fetcher: Option<Arc<Fetcher>>,
+    next_connect: Instant,
+    jobs: JoinSet<Done>,
+    in_flight: HashSet<WalName>,
+    peeking: bool,
+    /// Where PostgreSQL is: the segment most recently asked for or taken.
+    cursor: Option<WalName>,
+    /// Segments Barman listed after the last peek's start, in WAL order,
+    /// and whether that listing reached the end of the archive.
+    listing: Vec<WalName>,
+    peek_from: Option<WalName>,
+    at_head: bool,
+    last_peek: Option<Instant>,
+    /// Segments this worker put in the spool and has not seen taken yet.
+    delivered: HashSet<WalName>,
+    failed: HashMap<WalName, Instant>,
+    /// Requests waiting for a segment, by token.
+    pending: HashMap<String, WalName>,
+    /// Requests answered whose files the caller has not yet withdrawn.
+    settled: HashSet<String>,
+    /// Requests whose segment was delivered, and when: the caller takes
+    /// it and withdraws the request within milliseconds; one still there
+    /// later with its segment gone lost a race to another caller.
+    delivered_for: HashMap<String, (WalName, Instant)>,
+    last_activity: Instant,
+    served: u64,
+}
+
+/// Runs the worker for the spool of `args` and returns its exit status
+/// (nobody waits for it; the log says why it ended).
+pub async fn run(args: &RestoreArgs) -> i32 {
+    let spool = match Spool::open(&args.spool_dir) {
+        Ok(spool) => spool,
+        Err(failure) => {
+            log(&format!("ERROR: {failure}"));
+            return failure.exit_code();
+        }
+    };
+    let Some(_lock) = handoff::lock_as_worker(&spool, LOCK_PATIENCE) else {
+        log("another worker serves this spool; leaving");
+        return exit::SUCCESS;
+    };
+    log(&format!(
+        "worker {} serves spool {} (-p {}, idle exit after {} s)",
+        std::process::id(),
+        args.spool_dir.display(),
+        args.parallel.max(1),
+        args.async_idle
+    ));
+    let server = match BarmanServer::new(&args.server_name, args.connection.config.as_deref()) {
+        Ok(server) => server,
+        Err(failure) => {
+            log(&format!("ERROR: {failure}"));
+            return failure.exit_code();
+        }
+    };
+    let target = match SshTarget::resolve(&args.connection.connect_options(&args.barman_host)) {
+        Ok(target) => Arc::new(target),
+        Err(failure) => {
+            log(&format!("ERROR: {failure}"));
+            return failure.exit_code();
+        }
+    };
+    let mut worker = Worker {
+        args,
+        spool,
+        window: args.parallel.max(1),
+        idle: Duration::from_secs(args.async_idle),
+        target,
+        server,
+        stats: Arc::new(SessionStats::default()),
+        fetcher: None,
+        next_connect: Instant::now(),
+        jobs: JoinSet::new(),
+        in_flight: HashSet::new(),
+        peeking: false,
+        cursor: None,
+        listing: Vec::new(),
+        peek_from: None,
+        at_head: false,
+        last_peek: None,
+        delivered: HashSet::new(),
+        failed: HashMap::new(),
+        pending: HashMap::new(),
+        settled: HashSet::new(),
+        delivered_for: HashMap::new(),
+        last_activity: Instant::now(),
+        served: 0,
+    };
+    let why = worker.serve().await;
+    if let Some(fetcher) = worker.fetcher.take() {
+        fetcher.session().close().await;
+    }
+    let (connections, channels, refused) = worker.stats.snapshot();
+    log(&format!(
+        "worker {} exiting ({why}): {} file(s) fetched, {connections} connection(s), \
+         {channels} channel(s), {refused} refused",
+        std::process::id(),
+        worker.served
+    ));
+    restore::write_stats(&worker.stats);
+    exit::SUCCESS
+}
+
+impl Worker<'_> {
+    async fn serve(&mut self) -> String {
+        loop {
+            tokio::select! {
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    if let Ok(done) = done {
+                        self.finish(done);
+                    }
+                }
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            if !self.spool.dir().is_dir() {
+                return "its spool is gone".into();
+            }
+            self.read_requests();
+            self.notice_taken();
+            if self.has_work() {
+                self.ensure_session().await;
+                self.schedule();
+            }
+            if self.pending.is_empty()
+                && self.jobs.is_empty()
+                && self.last_activity.elapsed() >= self.idle
+            {
+                return format!("no request for {} s", self.idle.as_secs());
+            }
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || self.cursor.is_some()
+    }
+
+    /// Picks up new requests; the newest one moves the cursor.
+    fn read_requests(&mut self) {
+        let requests = handoff::pending_requests(&self.spool);
+        let seen: HashSet<&str> = requests.iter().map(|r| r.token.as_str()).collect();
+        self.settled.retain(|t| seen.contains(t.as_str()));
+        self.pending.retain(|t, _| seen.contains(t.as_str()));
+        self.delivered_for.retain(|t, _| seen.contains(t.as_str()));
+        let lost: Vec<String> = self
+            .delivered_for
+            .iter()
+            .filter(|(_, (wal, at))| at.elapsed() > RACE_GRACE && !self.spool.contains(wal))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for token in lost {
+            if let Some((wal, _)) = self.delivered_for.remove(&token) {
+                self.pending.insert(token, wal);
+            }
+        }
+        for Request { token, wal, pid } in requests {
+            if self.settled.contains(&token)
+                || self.pending.contains_key(&token)
+                || self.delivered_for.contains_key(&token)
+            {
+                continue;
+            }
+            if pid > 0 && !spool::process_alive(pid) {
+                handoff::drop_request(&self.spool, &token);
+                continue;
+            }
+            self.last_activity = Instant::now();
+            if self.args.verbose {
+                log(&format!("request {token}: {wal}"));
+            }
+            self.move_cursor(&wal);
+            self.failed.remove(&wal);
+            if self.spool.contains(&wal) {
+                self.delivered_for.insert(token, (wal, Instant::now()));
+            } else {
+                self.pending.insert(token, wal);
+            }
+        }
+    }
+
+    fn move_cursor(&mut self, wal: &WalName) {
+        if self.cursor.as_ref() == Some(wal) {
+            return;
+        }
+        self.spool.purge_stale(wal);
+        self.delivered.retain(|d| self.spool.contains(d));
+        self.cursor = Some(wal.clone());
+    }
+
+    /// A delivered segment that left the spool was taken by a call:
+    /// PostgreSQL has moved on to it.
+    fn notice_taken(&mut self) {
+        let taken: Vec<WalName> = self
+            .delivered
+            .iter()
+            .filter(|w| !self.spool.contains(w))
+            .cloned()
+            .collect();
+        for wal in taken {
+            self.delivered.remove(&wal);
+            self.last_activity = Instant::now();
+            let ahead = self
+                .cursor
+                .as_ref()
+                .is_none_or(|c| wal.timeline() == c.timeline() && wal.position() > c.position());
+            if ahead {
+                self.move_cursor(&wal);
+            }
+        }
+    }
+
+    async fn ensure_session(&mut self) {
+        if self
+            .fetcher
+            .as_ref()
+            .is_some_and(|f| !f.session().is_closed())
+        {
+            return;
+        }
+        if let Some(old) = self.fetcher.take() {
+            log("the session broke; reconnecting");
+            old.session().close().await;
+        }
+        if Instant::now() < self.next_connect {
+            return;
+        }
+        let connected = restore::connect(
+            self.args,
+            &self.target,
+            &self.server,
+            Some(&self.spool),
+            &self.stats,
+        )
+        .await;
+        match connected {
+            Ok(fetcher) => self.fetcher = Some(fetcher),
+            Err(failure) => {
+                log(&format!("cannot connect: {failure}"));
+                self.next_connect = Instant::now() + RECONNECT_PAUSE;
+                // The callers fetch on their own rather than wait for us.
+                let waiting: Vec<String> = self.pending.keys().cloned().collect();
+                for token in waiting {
+                    self.settle(&token, Answer::Failed(failure.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Starts what is missing: first every requested segment, then the
+    /// window after the cursor, then a peek when the listing runs short.
+    fn schedule(&mut self) {
+        let Some(fetcher) = self.fetcher.clone() else {
+            return;
+        };
+        let requested: Vec<WalName> = self.pending.values().cloned().collect();
+        for wal in requested {
+            if !self.in_flight.contains(&wal) && !self.spool.contains(&wal) {
+                self.start_transfer(&fetcher, wal);
+            }
+        }
+        let Some(cursor) = self.cursor.clone() else {
+            return;
+        };
+        let ahead: Vec<WalName> = self
+            .listing
+            .iter()
+            .filter(|n| n.timeline() == cursor.timeline() && n.position() > cursor.position())
+            .take(self.window)
+            .cloned()
+            .collect();
+        for wal in &ahead {
+            let backing_off = self
+                .failed
+                .get(wal)
+                .is_some_and(|t| t.elapsed() < PREFETCH_BACKOFF);
+            if !self.in_flight.contains(wal) && !self.spool.contains(wal) && !backing_off {
+                self.start_transfer(&fetcher, wal.clone());
+            }
+        }
+        // A cursor outside the last listing (a jump, a new timeline) needs
+        // a new one now; at the archive's head, only every HEAD_POLL.
+        let covered = self.peek_from.as_ref() == Some(&cursor) || self.listing.contains(&cursor);
+        let due = match self.last_peek {
+            Some(at) if covered && self.at_head => at.elapsed() >= HEAD_POLL,
+            _ => true,
+        };
+        if ahead.len() < self.window && !self.peeking && due {
+            self.peeking = true;
+            self.last_peek = Some(Instant::now());
+            let count = restore::peek_size(self.window);
+            self.jobs.spawn(async move {
+                let names = fetcher.peek(&cursor, count).await;
+                Done::Peek(cursor, count, names)
+            });
+        }
+    }
+
+    fn start_transfer(&mut self, fetcher: &Arc<Fetcher>, wal: WalName) {
+        self.in_flight.insert(wal.clone());
+        let fetcher = fetcher.clone();
+        let dest = self.spool.path_of(&wal);
+        self.jobs.spawn(async move {
+            let result = fetcher.transfer(&wal, &dest).await.map(drop);
+            Done::Transfer(wal, result)
+        });
+    }
+
+    fn finish(&mut self, done: Done) {
+        match done {
+            Done::Transfer(wal, result) => {
+                self.in_flight.remove(&wal);
+                match result {
+                    Ok(()) => {
+                        self.served += 1;
+                        // Its callers take it from the spool; until they withdraw
+                        // their requests, those must not start it again.
+                        let served: Vec<String> = self
+                            .pending
+                            .iter()
+                            .filter(|(_, w)| **w == wal)
+                            .map(|(t, _)| t.clone())
+                            .collect();
+                        for token in served {
+                            self.pending.remove(&token);
+                            self.delivered_for
+                                .insert(token, (wal.clone(), Instant::now()));
+                        }
+                        self.delivered.insert(wal);
+                    }
+                    Err(failure) => self.transfer_failed(wal, failure),
+                }
+            }
+            Done::Peek(from, count, result) => {
+                self.peeking = false;
+                match result {
+                    Ok(names) => {
+                        self.at_head = names.len() < count;
+                        let mut listing: Vec<WalName> = names
+                            .into_iter()
+                            .filter(|n| {
+                                n.is_segment()
+                                    && n.timeline() == from.timeline()
+                                    && n.position() > from.position()
+                            })
+                            .collect();
+                        listing.sort_by_key(|n| n.position());
+                        self.listing = listing;
+                        self.peek_from = Some(from);
+                    }
+                    Err(failure) => {
+                        log(&format!("peek from {from} failed: {failure}"));
+                        self.at_head = true;
+                        if failure.is_transient() {
+                            self.drop_session();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn transfer_failed(&mut self, wal: WalName, failure: Failure) {
+        let waiting: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, w)| **w == wal)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if waiting.is_empty() || self.args.verbose {
+            log(&format!("{wal}: {failure}"));
+        }
+        let answer = match &failure {
+            Failure::NotFound(message) => Answer::Missing(message.clone()),
+            other => Answer::Failed(other.to_string()),
+        };
+        for token in waiting {
+            self.settle(&token, answer.clone());
+        }
+        if failure.is_transient() {
+            self.drop_session();
+        }
+        self.failed.insert(wal, Instant::now());
+    }
+
+    fn drop_session(&mut self) {
+        if let Some(fetcher) = self.fetcher.take() {
+            log("the session failed; reconnecting on the next need");
+            tokio::spawn(async move { fetcher.session().close().await });
+        }
+    }
+
+    fn settle(&mut self, token: &str, answer: Answer) {
+        self.pending.remove(token);
+        self.settled.insert(token.to_string());
+        if let Err(e) = handoff::answer(&self.spool, token, &answer) {
+            log(&format!("cannot answer request {token}: {e}"));
+        }
+    }
+}
+
+/// One line on the worker's log (its stderr), with the local time: the
+/// log is read by a DBA next to PostgreSQL's own.
+fn log(message: &str) {
+    eprintln!("{} {message}", local_time());
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in local time. By hand through libc rather than a
+/// date crate: one format, one call site.
+fn local_time() -> String {
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
+        return now.to_string();
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}

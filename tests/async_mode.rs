@@ -1,0 +1,338 @@
+//! Issue #6: `--async`, the background worker that keeps the spool ahead of
+//! replay, proven against the embedded Barman with the real binary.
+//!
+//! Workers outlive the calls that start them by design; every test gives
+//! them a short `--async-idle` and waits (bounded) for them to leave, and a
+//! worker whose spool disappears exits at once, so none survives the test.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use barman_wal_restore::embedded_barman::{
+    EmbeddedBarman, FaultRule, Faults, StoredCompression, StreamFault, Target,
+};
+use common::*;
+
+const LOG: &str = ".bwr-worker.log";
+const LOCK: &str = ".bwr-worker.lock";
+
+/// The worker's log, or "" before the first worker.
+fn worker_log(work: &Work) -> String {
+    fs::read_to_string(work.spool.join(LOG)).unwrap_or_default()
+}
+
+/// Pids of the workers that took the lock, in order.
+fn worker_pids(work: &Work) -> Vec<i32> {
+    worker_log(work)
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once(" worker ")?.1;
+            let (pid, tail) = rest.split_once(' ')?;
+            tail.starts_with("serves spool").then(|| pid.parse().ok())?
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie waiting for init to reap it does not).
+fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether a worker holds the spool's lock now.
+fn worker_running(work: &Work) -> bool {
+    let Ok(file) = fs::File::open(work.spool.join(LOCK)) else {
+        return false;
+    };
+    file.try_lock_shared().is_err()
+}
+
+/// Waits (bounded) until no worker holds the lock and every worker that
+/// ever served this spool has exited.
+fn wait_for_workers_to_leave(work: &Work, limit: Duration) {
+    let left = wait_until(limit, || {
+        !worker_running(work) && worker_pids(work).iter().all(|p| !alive(*p))
+    });
+    assert!(
+        left,
+        "a worker is still running; log:\n{}",
+        worker_log(work)
+    );
+}
+
+fn async_call(barman: &EmbeddedBarman, work: &Work, parallel: usize, idle: u64) -> Call {
+    Call::new(barman, work).args([
+        "--async".to_string(),
+        "-p".to_string(),
+        parallel.to_string(),
+        "--async-idle".to_string(),
+        idle.to_string(),
+        "-v".to_string(),
+    ])
+}
+
+/// A consumer that replays slower than the worker fetches finds every file
+/// after the first already in the spool: each later call is a spool hit, the
+/// whole run opens one SSH connection (the worker's), and the worker leaves
+/// after its idle time.
+#[test]
+fn slow_consumer_finds_every_file_ready_on_one_connection() {
+    let count = 24;
+    let barman = server(spec(StoredCompression::Zstd, count));
+    let archive = barman.archive();
+    let work = Work::new();
+    let call = async_call(&barman, &work, 4, 1);
+    let first = call.run(&seg(0), &work.dest());
+    first.assert_code(0);
+    assert!(
+        first.stderr.contains("delivered by the --async worker"),
+        "{}",
+        first.stderr
+    );
+    assert_delivered(archive, &work.dest(), &seg(0));
+    let mut hits = 0;
+    for n in 1..count {
+        // The replay of segment n-1 "takes" as long as the worker needs to
+        // have segment n ready: what a slow consumer sees.
+        let ready = wait_until(Duration::from_secs(20), || work.spool.join(seg(n)).exists());
+        assert!(
+            ready,
+            "{} never arrived; log:\n{}",
+            seg(n),
+            worker_log(&work)
+        );
+        let out = call.run(&seg(n), &work.dest());
+        out.assert_code(0);
+        if out.stderr.contains("served from the spool") {
+            hits += 1;
+        }
+        assert_delivered(archive, &work.dest(), &seg(n));
+    }
+    assert_eq!(hits, count - 1, "every call after the first is a spool hit");
+    wait_for_workers_to_leave(&work, Duration::from_secs(20));
+    let stats = barman.stats();
+    assert_eq!(stats.connections, 1, "one session for the whole replay");
+    assert_eq!(worker_pids(&work).len(), 1);
+    assert!(
+        worker_log(&work).contains("exiting (no request for 1 s)"),
+        "{}",
+        worker_log(&work)
+    );
+    // The segments after the archive's end were never asked for: nothing
+    // but bookkeeping remains once replay has taken everything.
+    assert_clean(&work.spool, archive, None);
+    println!(
+        "slow consumer: {count} calls, {hits} spool hits, {} connection(s), {} transfers",
+        stats.connections, stats.transfers
+    );
+}
+
+/// Hundreds of calls as fast as PostgreSQL can make them: every file right,
+/// one connection for all of them (a call never connects while the worker
+/// serves it).
+#[test]
+fn hundreds_of_calls_share_the_workers_one_connection() {
+    let count = 200;
+    let barman = server(spec(StoredCompression::Lz4, count));
+    let archive = barman.archive();
+    let work = Work::new();
+    let call = async_call(&barman, &work, 8, 1);
+    let started = Instant::now();
+    let mut from_worker = 0;
+    for n in 0..count {
+        let out = call.run(&seg(n), &work.dest());
+        out.assert_code(0);
+        assert_delivered(archive, &work.dest(), &seg(n));
+        if out.stderr.contains("delivered by the --async worker") {
+            from_worker += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let past_end = call.run(&seg(count), &work.dest());
+    past_end.assert_code(1);
+    wait_for_workers_to_leave(&work, Duration::from_secs(20));
+    let stats = barman.stats();
+    assert_eq!(stats.connections, 1, "{}", worker_log(&work));
+    assert_eq!(worker_pids(&work).len(), 1);
+    assert_clean(&work.spool, archive, None);
+    println!(
+        "{count} calls in {:.2} s: {from_worker} handed over by the worker, the rest spool \
+         hits; {} connection(s), {} transfers",
+        elapsed.as_secs_f64(),
+        stats.connections,
+        stats.transfers
+    );
+}
+
+/// Past the archive's end the worker answers Barman's "not found" at once:
+/// exit 1, in standby mode and in archive recovery alike (a confirmed miss
+/// ends a PITR normally).
+#[test]
+fn a_missing_segment_is_not_available_even_in_archive_recovery() {
+    let barman = server(spec(StoredCompression::Gzip, 3));
+    let work = Work::new();
+    let datadir = work.path().join("data");
+    fs::create_dir(&datadir).unwrap();
+    fs::write(datadir.join("recovery.signal"), "").unwrap();
+    let call = async_call(&barman, &work, 4, 1).cwd(&datadir);
+    call.run(&seg(0), &work.dest()).assert_code(0);
+    let out = call.run(&seg(3), &work.dest());
+    out.assert_code(1);
+    out.assert_one_error(&[&seg(3)]);
+    assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+    wait_for_workers_to_leave(&work, Duration::from_secs(20));
+    assert_eq!(
+        barman.stats().connections,
+        1,
+        "the worker answered, no fallback"
+    );
+}
+
+/// A worker that cannot be started (its log cannot be opened) costs
+/// nothing: the call fetches the file itself.
+#[test]
+fn a_worker_that_cannot_start_means_a_direct_fetch() {
+    let barman = server(spec(StoredCompression::Bzip2, 3));
+    let archive = barman.archive();
+    let work = Work::new();
+    fs::create_dir_all(work.spool.join(LOG)).unwrap();
+    let out = async_call(&barman, &work, 4, 1).run(&seg(0), &work.dest());
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("cannot start the --async worker"),
+        "{}",
+        out.stderr
+    );
+    assert_delivered(archive, &work.dest(), &seg(0));
+    assert!(!worker_running(&work));
+}
+
+/// A worker whose transfer fails (a stream cut, then a corrupted one) tells
+/// the call, which fetches the segment itself and delivers good bytes.
+#[test]
+fn a_failed_worker_transfer_falls_back_to_a_direct_fetch() {
+    for fault in [
+        StreamFault::DropConnectionAfter(200_000),
+        StreamFault::FlipBitAt(300_000),
+    ] {
+        let faults = Faults {
+            rules: vec![FaultRule::times(1, Target::Wal(seg(0)), fault.clone())],
+            ..Faults::default()
+        };
+        let barman = server_with(spec(StoredCompression::None, 4), faults);
+        let archive = barman.archive();
+        let work = Work::new();
+        let out = async_call(&barman, &work, 2, 1).run(&seg(0), &work.dest());
+        out.assert_code(0);
+        assert!(
+            out.stderr.contains("without the worker"),
+            "{fault:?}: {}",
+            out.stderr
+        );
+        assert_delivered(archive, &work.dest(), &seg(0));
+        wait_for_workers_to_leave(&work, Duration::from_secs(20));
+        assert_clean(&work.spool, archive, None);
+    }
+}
+
+/// SIGKILL the worker in the middle of a transfer: nothing partial under a
+/// final name, and the next call starts a new worker and gets its file.
+#[test]
+fn a_killed_worker_is_replaced_and_nothing_is_lost() {
+    let faults = Faults {
+        rules: vec![FaultRule::always(
+            Target::AllTransfers,
+            StreamFault::DelayPerChunk(Duration::from_millis(20)),
+        )],
+        ..Faults::default()
+    };
+    let barman = server_with(spec(StoredCompression::None, 6), faults);
+    let archive = barman.archive();
+    let work = Work::new();
+    let call = async_call(&barman, &work, 3, 1);
+    let running = call.spawn(&seg(0), &work.dest());
+    let transferring = wait_until(Duration::from_secs(20), || {
+        !worker_pids(&work).is_empty() && !temps(&work.spool).is_empty()
+    });
+    assert!(transferring, "log:\n{}", worker_log(&work));
+    let first_worker = worker_pids(&work)[0];
+    // SAFETY: the worker's pid, read from its log while it holds the lock.
+    assert_eq!(unsafe { libc::kill(first_worker, libc::SIGKILL) }, 0);
+    let out = running.wait();
+    out.assert_code(0);
+    assert_delivered(archive, &work.dest(), &seg(0));
+    let out = call.run(&seg(1), &work.dest());
+    out.assert_code(0);
+    assert_delivered(archive, &work.dest(), &seg(1));
+    let pids = worker_pids(&work);
+    assert!(
+        pids.len() >= 2 && pids[1..].iter().all(|p| *p != first_worker),
+        "a new worker replaced {first_worker}: {pids:?}"
+    );
+    wait_for_workers_to_leave(&work, Duration::from_secs(30));
+    // The dead worker's temp files go with the next open of the spool.
+    call.run(&seg(2), &work.dest()).assert_code(0);
+    wait_for_workers_to_leave(&work, Duration::from_secs(30));
+    assert_clean(&work.spool, archive, None);
+}
+
+/// Callers racing on one spool (PostgreSQL and an operator, or two
+/// standbys by mistake) all get the right bytes: a segment one of them
+/// took is fetched again for the other.
+#[test]
+fn racing_callers_get_correct_bytes() {
+    let count = 12;
+    let barman = server(spec(StoredCompression::Xz, count));
+    let archive = barman.archive().clone();
+    let work = Work::new();
+    let call = async_call(&barman, &work, 4, 1);
+    let dests: Vec<_> = (0..4)
+        .map(|i| {
+            let dir = work.path().join(format!("caller{i}"));
+            fs::create_dir(&dir).unwrap();
+            dir.join(DEST_NAME)
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (i, dest) in dests.iter().enumerate() {
+            let call = call.clone();
+            let archive = &archive;
+            scope.spawn(move || {
+                for n in (i % 2..count).step_by(1 + i % 2) {
+                    let out = call.run(&seg(n), dest);
+                    out.assert_code(0);
+                    assert_delivered(archive, dest, &seg(n));
+                }
+            });
+        }
+    });
+    wait_for_workers_to_leave(&work, Duration::from_secs(20));
+    assert_eq!(worker_pids(&work).len(), 1, "{}", worker_log(&work));
+    assert_clean(&work.spool, &archive, None);
+}
+
+/// A worker whose spool is removed exits at once instead of waiting out
+/// its idle time.
+#[test]
+fn a_worker_leaves_when_its_spool_disappears() {
+    let barman = server(spec(StoredCompression::Snappy, 3));
+    let work = Work::new();
+    async_call(&barman, &work, 2, 600)
+        .run(&seg(0), &work.dest())
+        .assert_code(0);
+    let pids = worker_pids(&work);
+    assert_eq!(pids.len(), 1);
+    fs::remove_dir_all(&work.spool).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pids[0])),
+        "worker {} outlived its spool",
+        pids[0]
+    );
+}
