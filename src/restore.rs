@@ -102,12 +102,24 @@ fn report(outcome: &Outcome, stats: &SessionStats) {
 /// `connections channels refused peak_rss_kib` of this call to FILE. The
 /// peak RSS is read here because a parent's `wait4` may count memory of
 /// the parent copied before `exec`.
-pub(crate) fn write_stats(stats: &SessionStats) {
+fn write_stats(stats: &SessionStats) {
     let Some(path) = std::env::var_os("BARMAN_WAL_RESTORE_STATS") else {
         return;
     };
     let (connections, channels, refused) = stats.snapshot();
-    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+    let peak_rss_kib = peak_rss_kib();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{connections} {channels} {refused} {peak_rss_kib}");
+    }
+}
+
+/// This process's peak resident set size, in KiB.
+pub(crate) fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
@@ -116,14 +128,7 @@ pub(crate) fn write_stats(stats: &SessionStats) {
                 .and_then(|v| v.split_whitespace().next())
                 .and_then(|n| n.parse::<u64>().ok())
         })
-        .unwrap_or(0);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{connections} {channels} {refused} {peak_rss_kib}");
-    }
+        .unwrap_or(0)
 }
 
 async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {

@@ -166,7 +166,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         std::process::id(),
         worker.served
     ));
-    restore::write_stats(&worker.stats);
+    write_stats(&worker.stats);
     exit::SUCCESS
 }
 
@@ -464,6 +464,26 @@ impl Worker<'_> {
             log(&format!("cannot answer request {token}: {e}"));
         }
     }
+}
+
+/// For `barman-wal-bench`: `BARMAN_WAL_RESTORE_WORKER_STATS=FILE` gets
+/// `connections channels refused peak_rss_kib cpu_seconds` of this worker
+/// when it leaves, costs that no call's `wait4` sees.
+fn write_stats(stats: &SessionStats) {
+    let Some(path) = std::env::var_os("BARMAN_WAL_RESTORE_WORKER_STATS") else {
+        return;
+    };
+    let (connections, channels, refused) = stats.snapshot();
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+    let line = format!(
+        "{connections} {channels} {refused} {} {cpu:.3}\n",
+        restore::peak_rss_kib()
+    );
+    let _ = std::fs::write(path, line);
 }
 
 /// One line on the worker's log (its stderr), with the local time: the

@@ -25,7 +25,7 @@ use crate::embedded_barman::{
 use crate::wal::WalName;
 use options::{BenchArgs, OnOff};
 use report::{BenchReport, Summary};
-use runner::{Oracle, Program};
+use runner::{Oracle, Program, Setting};
 
 /// What the bench runs against.
 struct Target {
@@ -163,21 +163,34 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     ours_args.extend([target.host.clone(), target.server.clone()]);
     let compare = args.compare.as_ref().map(|t| Program::Template(t.clone()));
 
-    // (program label, program, -p, keep-compression, direct read); the
-    // compared command runs once per -p/keep setting, right after ours.
-    let mut runs: Vec<(&str, Program, usize, bool, bool)> = Vec::new();
+    // The compared command runs once per -p/keep setting, right after ours.
+    let ours = Program::Ours {
+        bin: bin.clone(),
+        args: ours_args,
+    };
+    let on = |v: &[OnOff]| v.iter().map(|&x| x == OnOff::On).collect::<Vec<bool>>();
+    let mut runs: Vec<(&str, &Program, Setting)> = Vec::new();
     for &parallel in &args.parallel {
-        for keep in args.keep_compression.iter().map(|&k| k == OnOff::On) {
-            for direct in args.direct_read.iter().map(|&d| d == OnOff::On) {
-                let ours = Program::Ours {
-                    bin: bin.clone(),
-                    args: ours_args.clone(),
-                    direct_read: direct,
-                };
-                runs.push(("ours", ours, parallel, keep, direct));
+        for keep_compression in on(&args.keep_compression) {
+            for direct_read in on(&args.direct_read) {
+                for async_mode in on(&args.async_mode) {
+                    let setting = Setting {
+                        parallel,
+                        keep_compression,
+                        direct_read,
+                        async_mode,
+                    };
+                    runs.push(("ours", &ours, setting));
+                }
             }
             if let Some(compare) = &compare {
-                runs.push(("compare", compare.clone(), parallel, keep, false));
+                let setting = Setting {
+                    parallel,
+                    keep_compression,
+                    direct_read: false,
+                    async_mode: false,
+                };
+                runs.push(("compare", compare, setting));
             }
         }
     }
@@ -195,16 +208,15 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
 
     let mut oracle = Oracle::default();
     let mut summaries = Vec::new();
-    for (label, program, parallel, keep, direct) in &runs {
-        let (label, parallel, keep, direct) = (*label, *parallel, *keep, *direct);
-        bar.set_message(format!("{label} -p {parallel}"));
+    let replay = Duration::from_millis(args.replay_ms);
+    for &(label, program, setting) in &runs {
+        bar.set_message(format!("{label} -p {}", setting.parallel));
         let before = target.embedded.as_ref().map(|b| b.stats());
         let started = Instant::now();
-        let records =
-            runner::run_calls(program, &names, &work, parallel, keep, &mut oracle, || {
-                bar.inc(1)
-            })
-            .map_err(|e| format!("running {label}: {e}"))?;
+        let run = runner::run_calls(program, &names, &work, setting, replay, &mut oracle, || {
+            bar.inc(1)
+        })
+        .map_err(|e| format!("running {label}: {e}"))?;
         let wall = started.elapsed().as_secs_f64();
         let server_counts = match (&target.embedded, before) {
             (Some(b), Some(before)) => {
@@ -216,15 +228,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
             }
             _ => None,
         };
-        summaries.push(Summary::new(
-            label,
-            parallel,
-            keep,
-            direct,
-            wall,
-            records,
-            server_counts,
-        ));
+        summaries.push(Summary::new(label, setting, wall, run, server_counts));
     }
     bar.finish_and_clear();
     let report = BenchReport {

@@ -53,6 +53,17 @@ pub struct BenchArgs {
     #[arg(long = "direct-read", value_delimiter = ',', default_values_t = vec![OnOff::Off])]
     pub direct_read: Vec<OnOff>,
 
+    /// `--async` settings to measure for our binary: on (a background
+    /// worker keeps the spool ahead), off
+    #[arg(long = "async", value_delimiter = ',', default_values_t = vec![OnOff::Off])]
+    pub async_mode: Vec<OnOff>,
+
+    /// Emulated replay time per segment: the pause between two calls, as
+    /// PostgreSQL replays one segment before asking for the next. The
+    /// table's "waited" column is the time spent inside calls
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub replay_ms: u64,
+
     /// Another restore_command to run in the same loop, interleaved setting
     /// by setting, e.g. 'barman-wal-restore.py -U barman -p %j %k --spool-dir
     /// %s barman angus %f %p'. Placeholders: %f WAL name, %p destination,

@@ -3,19 +3,21 @@
 
 use serde::Serialize;
 
-use super::runner::CallRecord;
+use super::runner::{CallRecord, Run, Setting};
 
 /// One program under one setting.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub program: String,
-    pub parallel: usize,
-    pub keep_compression: bool,
-    pub direct_read: bool,
+    #[serde(flatten)]
+    pub setting: Setting,
     pub calls: usize,
     pub failed: usize,
     pub mismatched: usize,
     pub wall_seconds: f64,
+    /// The time spent inside calls: what PostgreSQL waited for (the wall
+    /// time minus emulated replay).
+    pub waited_seconds: f64,
     pub segments_per_second: f64,
     pub mib_per_second: f64,
     pub hits: Latency,
@@ -23,9 +25,12 @@ pub struct Summary {
     /// Counted by our binary itself, or by the embedded server.
     pub connections: Option<u64>,
     pub channels: Option<u64>,
+    /// Calls' CPU plus the `--async` worker's.
     pub cpu_seconds: f64,
+    /// The largest of any call and the worker.
     pub peak_rss_mib: f64,
     pub records: Vec<CallRecord>,
+    pub worker: Option<super::runner::WorkerRecord>,
 }
 
 /// Per-call latency in milliseconds.
@@ -62,16 +67,14 @@ impl Latency {
 }
 
 impl Summary {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         program: &str,
-        parallel: usize,
-        keep_compression: bool,
-        direct_read: bool,
+        setting: Setting,
         wall_seconds: f64,
-        records: Vec<CallRecord>,
+        run: Run,
         server_counts: Option<(u64, u64)>,
     ) -> Summary {
+        let Run { records, worker } = run;
         let bytes: u64 = records.iter().map(|r| r.bytes).sum();
         let ok = records.iter().filter(|r| r.status == 0).count();
         let sum_opt = |f: fn(&CallRecord) -> Option<u64>| -> Option<u64> {
@@ -79,17 +82,25 @@ impl Summary {
         };
         let (connections, channels) = match server_counts {
             Some((c, ch)) => (Some(c), Some(ch)),
-            None => (sum_opt(|r| r.connections), sum_opt(|r| r.channels)),
+            None => {
+                let (wc, wch) = worker
+                    .as_ref()
+                    .map_or((0, 0), |w| (w.connections, w.channels));
+                (
+                    sum_opt(|r| r.connections).map(|c| c + wc),
+                    sum_opt(|r| r.channels).map(|c| c + wch),
+                )
+            }
         };
+        let worker_rss = worker.as_ref().map_or(0, |w| w.max_rss_kib);
         Summary {
             program: program.to_string(),
-            parallel,
-            keep_compression,
-            direct_read,
+            setting,
             calls: records.len(),
             failed: records.len() - ok,
             mismatched: records.iter().filter(|r| r.mismatch).count(),
             wall_seconds,
+            waited_seconds: records.iter().map(|r| r.seconds).sum(),
             segments_per_second: ok as f64 / wall_seconds.max(1e-9),
             mib_per_second: bytes as f64 / (1 << 20) as f64 / wall_seconds.max(1e-9),
             hits: Latency::of(
@@ -108,9 +119,17 @@ impl Summary {
             ),
             connections,
             channels,
-            cpu_seconds: records.iter().map(|r| r.cpu_seconds).sum(),
-            peak_rss_mib: records.iter().map(|r| r.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+            cpu_seconds: records.iter().map(|r| r.cpu_seconds).sum::<f64>()
+                + worker.as_ref().map_or(0.0, |w| w.cpu_seconds),
+            peak_rss_mib: records
+                .iter()
+                .map(|r| r.max_rss_kib)
+                .chain(std::iter::once(worker_rss))
+                .max()
+                .unwrap_or(0) as f64
+                / 1024.0,
             records,
+            worker,
         }
     }
 }
@@ -140,10 +159,11 @@ fn on_off(b: bool) -> &'static str {
 impl Summary {
     fn setting(&self) -> String {
         format!(
-            "-p {} keep {} direct {}",
-            self.parallel,
-            on_off(self.keep_compression),
-            on_off(self.direct_read)
+            "-p {} keep {} direct {} async {}",
+            self.setting.parallel,
+            on_off(self.setting.keep_compression),
+            on_off(self.setting.direct_read),
+            on_off(self.setting.async_mode)
         )
     }
 }
@@ -155,12 +175,14 @@ pub fn render_table(report: &BenchReport) -> String {
         report.count, report.first_wal, report.target
     );
     out.push_str(&format!(
-        "{:<8} {:>3} {:>4} {:>6} {:>8} {:>6} {:>7} {:>15} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
+        "{:<8} {:>3} {:>4} {:>6} {:>5} {:>8} {:>8} {:>6} {:>7} {:>15} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
         "program",
         "-p",
         "keep",
         "direct",
+        "async",
         "wall s",
+        "waited s",
         "seg/s",
         "MiB/s",
         "hit p50/95/max",
@@ -173,12 +195,14 @@ pub fn render_table(report: &BenchReport) -> String {
     ));
     for s in &report.summaries {
         out.push_str(&format!(
-            "{:<8} {:>3} {:>4} {:>6} {:>8.2} {:>6.1} {:>7.1} {:>15} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
+            "{:<8} {:>3} {:>4} {:>6} {:>5} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>15} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
             s.program,
-            s.parallel,
-            on_off(s.keep_compression),
-            on_off(s.direct_read),
+            s.setting.parallel,
+            on_off(s.setting.keep_compression),
+            on_off(s.setting.direct_read),
+            on_off(s.setting.async_mode),
             s.wall_seconds,
+            s.waited_seconds,
             s.segments_per_second,
             s.mib_per_second,
             s.hits.render(),
@@ -203,8 +227,8 @@ pub fn render_table(report: &BenchReport) -> String {
     for o in &ours {
         for other in report.summaries.iter().filter(|s| {
             s.program != "ours"
-                && s.parallel == o.parallel
-                && s.keep_compression == o.keep_compression
+                && s.setting.parallel == o.setting.parallel
+                && s.setting.keep_compression == o.setting.keep_compression
         }) {
             ratios.push_str(&format!(
                 "  {}: ours is {:.2} times faster than {} ({:.2} s vs {:.2} s)\n",

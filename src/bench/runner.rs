@@ -16,13 +16,41 @@ use crate::wal::WalName;
 #[derive(Debug, Clone)]
 pub enum Program {
     /// Our binary: `program args... WAL DEST`, with `--spool-dir` set.
-    Ours {
-        bin: PathBuf,
-        args: Vec<String>,
-        direct_read: bool,
-    },
+    Ours { bin: PathBuf, args: Vec<String> },
     /// Any command line, through `sh -c`, placeholders substituted.
     Template(String),
+}
+
+/// One combination of the settings being compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Setting {
+    pub parallel: usize,
+    pub keep_compression: bool,
+    /// Ours only: `--direct-read`.
+    pub direct_read: bool,
+    /// Ours only: `--async`.
+    pub async_mode: bool,
+}
+
+/// How long the `--async` worker may take to leave once the run's spool is
+/// removed (it checks every few milliseconds).
+const WORKER_EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// What an `--async` worker reported when it left: its own costs, which
+/// no call's `wait4` sees.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerRecord {
+    pub connections: u64,
+    pub channels: u64,
+    pub cpu_seconds: f64,
+    pub max_rss_kib: u64,
+}
+
+/// The calls of one setting, and the worker's costs if one ran.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub records: Vec<CallRecord>,
+    pub worker: Option<WorkerRecord>,
 }
 
 /// What one call did.
@@ -153,37 +181,39 @@ fn run_measured(mut command: Command) -> std::io::Result<(i32, Duration, f64, u6
     Ok((code, elapsed, cpu, usage.ru_maxrss as u64, stderr))
 }
 
-/// Runs `count` calls from `first`, in a fresh spool and destination under
-/// `work`, as PostgreSQL would: one after another, each a new process.
-#[allow(clippy::too_many_arguments)]
+/// Runs a call for each of `names`, in a fresh spool and destination under
+/// `work`, as PostgreSQL would: one after another, each a new process,
+/// `replay` apart (the time PostgreSQL would spend replaying a segment).
 pub fn run_calls(
     program: &Program,
     names: &[WalName],
     work: &Path,
-    parallel: usize,
-    keep: bool,
+    setting: Setting,
+    replay: Duration,
     oracle: &mut Oracle,
     mut progress: impl FnMut(),
-) -> std::io::Result<Vec<CallRecord>> {
+) -> std::io::Result<Run> {
+    let (parallel, keep) = (setting.parallel, setting.keep_compression);
     let run_dir = tempfile::Builder::new().prefix("bench-").tempdir_in(work)?;
     let spool = run_dir.path().join("spool");
     let dest_dir = run_dir.path().join("pg_wal");
     std::fs::create_dir(&dest_dir)?;
     let dest = dest_dir.join("RECOVERYXLOG");
     let stats_file = run_dir.path().join("stats");
+    let worker_stats = run_dir.path().join("stats.worker");
     let mut records = Vec::with_capacity(names.len());
-    for wal in names {
+    for (i, wal) in names.iter().enumerate() {
+        if i > 0 && !replay.is_zero() {
+            std::thread::sleep(replay);
+        }
         let spool_hit = spool.join(wal.as_str()).exists();
         let _ = std::fs::remove_file(&stats_file);
         let command = match program {
-            Program::Ours {
-                bin,
-                args,
-                direct_read,
-            } => {
+            Program::Ours { bin, args } => {
                 let mut c = Command::new(bin);
                 c.args(args)
-                    .args(direct_read.then_some("--direct-read"))
+                    .args(setting.direct_read.then_some("--direct-read"))
+                    .args(setting.async_mode.then_some("--async"))
                     .arg("-p")
                     .arg(parallel.to_string())
                     .arg(if keep {
@@ -195,7 +225,8 @@ pub fn run_calls(
                     .arg(&spool)
                     .arg(wal.as_str())
                     .arg(&dest)
-                    .env("BARMAN_WAL_RESTORE_STATS", &stats_file);
+                    .env("BARMAN_WAL_RESTORE_STATS", &stats_file)
+                    .env("BARMAN_WAL_RESTORE_WORKER_STATS", &worker_stats);
                 c
             }
             Program::Template(template) => {
@@ -246,7 +277,39 @@ pub fn run_calls(
         });
         progress();
     }
-    Ok(records)
+    let worker = setting
+        .async_mode
+        .then(|| stop_worker(&spool, &worker_stats))
+        .flatten();
+    Ok(Run { records, worker })
+}
+
+/// Removes the run's spool, which makes its `--async` worker leave, and
+/// reads what the worker wrote on its way out.
+fn stop_worker(spool: &Path, stats: &Path) -> Option<WorkerRecord> {
+    let _ = std::fs::remove_dir_all(spool);
+    let deadline = Instant::now() + WORKER_EXIT_WAIT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(stats) {
+            let n: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if n.len() >= 5 {
+                return Some(WorkerRecord {
+                    connections: n[0] as u64,
+                    channels: n[1] as u64,
+                    max_rss_kib: n[3] as u64,
+                    cpu_seconds: n[4],
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // Bounded wait for a file another process writes as it exits.
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[cfg(test)]
