@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Times a real PostgreSQL 15 PITR (archive recovery to the end of the archive) through several
+# restore_commands, side by side in one run: the figures of issue #6 and the README's --async row.
+#
+#   sudo scripts/bench-pitr.sh OUTDIR [MODE...]
+#
+# MODEs (default: copy async async-direct p8; python is slow, ask for it):
+#   copy          restore_command = 'cp ARCHIVE_COPY/%f %p': the segments already on local disk (the
+#                 floor; a warm-up run comes first and is not counted)
+#   async         ours, --async -p 8 --keep-compression
+#   async-direct  ours, --async --direct-read -p 8 --keep-compression
+#   p8            ours, -p 8 --keep-compression (no --async: the per-call barrier)
+#   python        the Python barman-wal-restore 3.19 at -p 8
+# Every run restores the same base backup (stack.sh bench-archive takes it just before the bench
+# WAL), with recovery.signal and no target, and is timed from `pg_ctl start` to the log line
+# "database system is ready to accept connections" (after the promotion at the end of the archive);
+# the row count is then checked against the primary's. Modes are interleaved round by round
+# (BWR_PITR_ROUNDS, default 3) and the medians compared, so a noisy machine affects all alike.
+# OUTDIR/pitr.txt gets the table, OUTDIR/pitr-runs.txt every run.
+#
+# Needs root, target/release/barman-wal-restore and what fixtures/real-stack/stack.sh needs.
+#   BWR_STACK_DIR=DIR     use this stack (already up) and leave it up; else a fresh one under /tmp
+#   BWR_BENCH_SEGMENTS    segments of WAL in config bench when it is made here (default 72)
+#   BWR_BENCH_MAX_LOAD    wait (bounded, BWR_BENCH_QUIET_WAIT s, default 600) for the 1-minute load
+#                         average to drop under this before each round (default 1.0)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_SH="$ROOT/fixtures/real-stack/stack.sh"
+RESTORE="$ROOT/target/release/barman-wal-restore"
+SEGMENTS=${BWR_BENCH_SEGMENTS:-72}
+ROUNDS=${BWR_PITR_ROUNDS:-3}
+MAX_LOAD=${BWR_BENCH_MAX_LOAD:-1.0}
+QUIET_WAIT=${BWR_BENCH_QUIET_WAIT:-600}
+RECOVERY_LIMIT=600   # seconds one PITR may take before the run is declared hung
+
+log() { printf '[pitr %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+(( $# >= 1 )) || { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2; }
+OUT=$1; shift
+MODES=${*:-copy async async-direct p8}
+[[ $(id -u) == 0 ]] || die "must run as root (PostgreSQL runs as postgres, the stack as its users)"
+[[ -x $RESTORE ]] || die "build first: cargo build --release"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+if [[ -n ${BWR_STACK_DIR:-} ]]; then
+    DIR=$BWR_STACK_DIR
+    [[ -f $DIR/stack.env ]] || die "$DIR/stack.env missing"
+else
+    DIR=/tmp/bwr-pitr-$$
+    log "stack up in $DIR"
+    BWR_STACK_OWNER_PID=$$ bash "$STACK_SH" up "$DIR" >"$OUT/stack-up.log" 2>&1 \
+        || { tail -20 "$OUT/stack-up.log" >&2; die "stack.sh up failed"; }
+    trap 'bash "$STACK_SH" down "$DIR" >/dev/null 2>&1 || true' EXIT
+fi
+if [[ ! -f $DIR/bench.env ]]; then
+    log "bench-archive: $SEGMENTS segments of real WAL into config bench (zstd), with a base backup"
+    bash "$STACK_SH" bench-archive "$DIR" "$SEGMENTS" 2>&1 | tee "$OUT/bench-archive.log" >&2
+fi
+# shellcheck disable=SC1091
+. "$DIR/stack.env"
+# shellcheck disable=SC1091
+. "$DIR/bench.env"
+[[ -n ${BENCH_BASE_BACKUP:-} && -d $BENCH_BASE_BACKUP ]] \
+    || die "$DIR/bench.env has no base backup: made by an older stack.sh; use a fresh stack"
+
+WORK="$DIR/pitr-work"
+mkdir -p "$WORK"
+chown postgres:postgres "$WORK"
+as_pg() { runuser -u postgres -- "$@"; }
+
+OURS="$RESTORE -U barman --port $SSH_PORT -i $PG_SSH_KEY --known-hosts $PG_KNOWN_HOSTS -F /dev/null -c $BENCH_CONFIG"
+PY="PATH=$PG_SSH_WRAPPER_DIR:/usr/bin:/bin $ORACLE -U barman --port $SSH_PORT -c $BENCH_CONFIG"
+restore_command() {   # restore_command MODE SPOOL
+    case $1 in
+        copy)         echo "cp $BENCH_ORIG_DIR/%f %p" ;;
+        async)        echo "$OURS --async -p 8 --keep-compression --spool-dir $2 127.0.0.1 $SERVER %f %p" ;;
+        async-direct) echo "$OURS --async --direct-read -p 8 --keep-compression --spool-dir $2 127.0.0.1 $SERVER %f %p" ;;
+        p8)           echo "$OURS -p 8 --keep-compression --spool-dir $2 127.0.0.1 $SERVER %f %p" ;;
+        python)       echo "$PY -p 8 --spool-dir $2 127.0.0.1 $SERVER %f %p" ;;
+        *) die "unknown mode $1" ;;
+    esac
+}
+
+free_port() {
+    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_quiet() {
+    local end=$(( $(date +%s) + QUIET_WAIT ))
+    until awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v m="$MAX_LOAD" 'BEGIN { exit !(l < m) }'; do
+        if (( $(date +%s) >= end )); then
+            log "load $(cut -d' ' -f1 /proc/loadavg) still >= $MAX_LOAD; measuring anyway"
+            echo "round $1: NOT QUIET (load $(cut -d' ' -f1-3 /proc/loadavg))" >>"$OUT/pitr-runs.txt"
+            return 0
+        fi
+        sleep 5   # polling interval of a bounded wait
+    done
+}
+
+# pitr MODE ROUND: one recovery; prints its seconds
+pitr() {
+    local mode=$1 round=$2 data="$WORK/data-$1" spool="$WORK/spool-$1" port t0 t1 log rows
+    rm -rf "$data" "$spool"
+    as_pg cp -a "$BENCH_BASE_BACKUP" "$data"
+    chmod 0700 "$data"
+    as_pg mkdir -m 0700 "$spool"
+    port=$(free_port)
+    log="$WORK/pg-$mode-$round.log"
+    rm -f "$log"
+    cat >>"$data/postgresql.auto.conf" <<EOF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$data'
+hot_standby = on
+primary_conninfo = ''
+restore_command = '$(restore_command "$mode" "$spool")'
+EOF
+    as_pg touch "$data/recovery.signal"
+    sync
+    t0=$(date +%s%N)
+    as_pg "$PG_BIN/pg_ctl" start -D "$data" -l "$log" >/dev/null
+    local end=$(( t0 + RECOVERY_LIMIT * 1000000000 ))
+    until grep -q "database system is ready to accept connections" "$log" 2>/dev/null; do
+        if (( $(date +%s%N) >= end )) || grep -q "FATAL\|PANIC" "$log" 2>/dev/null; then
+            as_pg "$PG_BIN/pg_ctl" stop -D "$data" -m immediate >/dev/null 2>&1 || true
+            tail -5 "$log" >&2
+            die "$mode: recovery did not finish (log $log)"
+        fi
+        sleep 0.01   # polling interval of a bounded wait: 10 ms resolution on a multi-second run
+    done
+    t1=$(date +%s%N)
+    rows=$(as_pg "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+        -c "SELECT count(*) FROM bwr_bench")
+    as_pg "$PG_BIN/pg_ctl" stop -D "$data" -m fast -w >/dev/null
+    [[ $rows == "$BENCH_ROWS" ]] || die "$mode: $rows rows after recovery, the primary has $BENCH_ROWS"
+    local restored; restored=$(grep -c "restored log file" "$log" || true)
+    # The spool goes: an --async worker leaves when its spool disappears.
+    rm -rf "$data" "$spool"
+    awk -v a="$t0" -v b="$t1" -v m="$mode" -v r="$round" -v n="$restored" \
+        'BEGIN { printf "round %d %-13s %7.2f s  (%d segments restored)\n", r, m, (b - a) / 1e9, n }' \
+        >>"$OUT/pitr-runs.txt"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1e9 }'
+}
+
+{
+    echo "date: $(date -Is); host: $(uname -srm), $(nproc) cores"
+    echo "archive: config bench (zstd), $(wc -w <<<"$BENCH_SEGMENTS") segments, $BENCH_RAW_BYTES bytes stored as $BENCH_STORED_BYTES; $BENCH_ROWS rows"
+} >"$OUT/pitr-runs.txt"
+
+declare -A TIMES
+if [[ " $MODES " == *" copy "* ]]; then
+    log "warm-up: copy"
+    pitr copy 0 >/dev/null
+fi
+for (( r = 1; r <= ROUNDS; r++ )); do
+    wait_quiet "$r"
+    for m in $MODES; do
+        log "round $r: $m"
+        TIMES[$m]+="$(pitr "$m" "$r") "
+    done
+done
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+{
+    echo "PITR of $(wc -w <<<"$BENCH_SEGMENTS") segments (zstd archive, real sshd + Barman 3.19 on 127.0.0.1), median of $ROUNDS rounds"
+    echo
+    printf '%-13s %9s  %s\n' mode "median s" "runs (s)"
+    for m in $MODES; do
+        printf '%-13s %9.2f  %s\n' "$m" "$(median <<<"${TIMES[$m]}")" "${TIMES[$m]}"
+    done
+    if [[ -n ${TIMES[copy]:-} ]]; then
+        local_floor=$(median <<<"${TIMES[copy]}")
+        echo
+        for m in $MODES; do
+            [[ $m == copy ]] && continue
+            awk -v m="$m" -v t="$(median <<<"${TIMES[$m]}")" -v f="$local_floor" \
+                'BEGIN { printf "%-13s %.2f x the local copy\n", m, t / f }'
+        done
+    fi
+} | tee "$OUT/pitr.txt"
