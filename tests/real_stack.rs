@@ -923,6 +923,26 @@ impl<'a> Pg<'a> {
         }
     }
 
+    /// Archive recovery ended (the server promoted) with `rows` rows in the test table.
+    fn wait_promoted(&self, rows: &str) -> TestResult {
+        self.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
+        self.wait_for(
+            &format!("SELECT count(*) FROM {}", self.st.get("PG_TABLE")),
+            rows,
+            Duration::from_secs(10),
+        )
+    }
+
+    /// A standby replayed up to `rows` rows in the test table and is still in recovery.
+    fn wait_standby_rows(&self, rows: &str) -> TestResult {
+        self.wait_for(
+            &format!("SELECT count(*) FROM {}", self.st.get("PG_TABLE")),
+            rows,
+            RECOVERY_TIMEOUT,
+        )?;
+        self.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
+    }
+
     /// The log must show no fatal restore_command outcome, no crash.
     fn check_log_clean(&self) -> TestResult {
         let text = self.log_text();
@@ -1036,14 +1056,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "standby-p8",
                 "standby.signal",
                 &format!("restore_command = '{cmd}'"),
-                |pg| {
-                    pg.wait_for(
-                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                        st.get("ROWS"),
-                        RECOVERY_TIMEOUT,
-                    )?;
-                    pg.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
-                },
+                |pg| pg.wait_standby_rows(st.get("ROWS")),
             )
         }),
     );
@@ -1056,14 +1069,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "standby-plain",
                 "standby.signal",
                 &format!("restore_command = '{cmd}'"),
-                |pg| {
-                    pg.wait_for(
-                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                        st.get("ROWS"),
-                        RECOVERY_TIMEOUT,
-                    )?;
-                    pg.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
-                },
+                |pg| pg.wait_standby_rows(st.get("ROWS")),
             )
         }),
     );
@@ -1076,12 +1082,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 st.get("TARGET_NAME")
             );
             with_cluster(st, "pitr-target", "recovery.signal", &conf, |pg| {
-                pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
-                pg.wait_for(
-                    &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                    st.get("TARGET_ROWS"),
-                    Duration::from_secs(10),
-                )?;
+                pg.wait_promoted(st.get("TARGET_ROWS"))?;
                 pg.expect_log("recovery stopping at restore point")?;
                 pg.expect_log("archive recovery complete")
             })
@@ -1098,12 +1099,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "recovery.signal",
                 &format!("restore_command = '{cmd}'"),
                 |pg| {
-                    pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
-                    pg.wait_for(
-                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                        st.get("ROWS"),
-                        Duration::from_secs(10),
-                    )?;
+                    pg.wait_promoted(st.get("ROWS"))?;
                     pg.expect_log("selected new timeline ID: 2")?;
                     pg.expect_log("archive recovery complete")
                 },
@@ -1128,12 +1124,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "recovery.signal",
                 &format!("restore_command = '{cmd}'"),
                 |pg| {
-                    pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
-                    pg.wait_for(
-                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                        st.get("ROWS"),
-                        Duration::from_secs(10),
-                    )?;
+                    pg.wait_promoted(st.get("ROWS"))?;
                     pg.expect_log("archive recovery complete")?;
                     // every segment the base backup needs (from its own on) was read directly
                     let segs = st.list("WAL_SEGMENTS");
@@ -1158,12 +1149,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
             );
             let conf = format!("restore_command = '{cmd}'\nrecovery_target_timeline = 'latest'");
             with_cluster(st, "pitr-tl", "recovery.signal", &conf, |pg| {
-                pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
-                pg.wait_for(
-                    &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                    st.get("TL_ROWS"),
-                    Duration::from_secs(10),
-                )?;
+                pg.wait_promoted(st.get("TL_ROWS"))?;
                 pg.expect_log("selected new timeline ID: 3")
             })
         }),
