@@ -510,9 +510,15 @@ impl Stack {
     /// Same with another key readable by postgres (`forced_key(.., Owner::Postgres)`).
     fn restore_command_keyed(&self, key: &Path, cfg: &str, opts: &str) -> String {
         format!(
-            "{} {opts} -U barman --port {} -i {} --known-hosts {} -c {cfg} {HOST} {SERVER} %f %p",
+            "{} %f %p",
+            self.restore_argv(self.get("SSH_PORT"), key, cfg, opts)
+        )
+    }
+    /// Our binary as postgres runs it, to sshd `port`, up to (not including) WAL_NAME WAL_DEST.
+    fn restore_argv(&self, port: &str, key: &Path, cfg: &str, opts: &str) -> String {
+        format!(
+            "{} {opts} -U barman --port {port} -i {} --known-hosts {} -c {cfg} {HOST} {SERVER}",
             self.pg_bin.display(),
-            self.get("SSH_PORT"),
             key.display(),
             self.get("PG_KNOWN_HOSTS"),
         )
@@ -1003,8 +1009,9 @@ impl<'a> Pg<'a> {
         self.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
     }
 
-    /// The log must show no fatal restore_command outcome, no crash.
-    fn check_log_clean(&self) -> TestResult {
+    /// The log must show no fatal restore_command outcome, no crash, except lines holding one
+    /// of `expected` (a trial that provokes a FATAL on purpose).
+    fn check_log_clean(&self, expected: &[&str]) -> TestResult {
         let text = self.log_text();
         let bad: Vec<&str> = text
             .lines()
@@ -1017,6 +1024,7 @@ impl<'a> Pg<'a> {
             .filter(|l| {
                 !l.contains("the database system is starting up")
                     && !l.contains("not yet accepting connections")
+                    && !expected.iter().any(|e| l.contains(e))
             })
             .collect::<Vec<_>>();
         if bad.is_empty() {
@@ -1063,11 +1071,24 @@ fn with_cluster(
     conf: &str,
     body: impl FnOnce(&Pg) -> TestResult,
 ) -> TestResult {
+    with_cluster_expecting(st, name, signal, conf, &[], body)
+}
+
+/// [`with_cluster`] for a scenario whose server log may hold FATAL lines containing one of
+/// `expected` (the body checks that they are there).
+fn with_cluster_expecting(
+    st: &Stack,
+    name: &str,
+    signal: &str,
+    conf: &str,
+    expected: &[&str],
+    body: impl FnOnce(&Pg) -> TestResult,
+) -> TestResult {
     let pg = Pg::from_base_backup(st, name, signal, conf)?;
     let r = pg
         .start()
         .and_then(|()| body(&pg))
-        .and_then(|()| pg.check_log_clean());
+        .and_then(|()| pg.check_log_clean(expected));
     if r.is_ok() || std::env::var("BWR_KEEP_STACK").as_deref() != Ok("1") {
         pg.stop_and_remove();
     } else {
@@ -1149,6 +1170,8 @@ struct Sshd<'a> {
     st: &'a Stack,
     name: String,
     port: String,
+    /// `sshd-start` options (`--throttle N`), again when it is started anew.
+    opts: Vec<String>,
     /// Every process seen under it, for the cleanup.
     seen: std::sync::Mutex<Vec<Proc>>,
 }
@@ -1163,6 +1186,7 @@ impl<'a> Sshd<'a> {
             st,
             name,
             port,
+            opts,
             seen: Default::default(),
         })
     }
@@ -1201,6 +1225,19 @@ impl<'a> Sshd<'a> {
             Duration::from_secs(60),
         )?
         .expect_code(0)
+    }
+
+    /// Start it again on the same port, where its clients look for it.
+    fn restart(&self) -> TestResult {
+        self.stop()?;
+        let port = Sshd::launch(self.st, &self.name, Some(&self.port), &self.opts)?;
+        if port != self.port {
+            return Err(fail(format!(
+                "sshd {} came back on port {port}, not {}",
+                self.name, self.port
+            )));
+        }
+        Ok(())
     }
 
     /// The listener (the pid stack.sh recorded, checked against its config path: a reused pid
@@ -1724,6 +1761,171 @@ fn sshd_session_stalled_reconnects(st: &Stack) -> TestResult {
     Ok(())
 }
 
+/// The first restore_command call for a segment from this call on finds Barman gone (call 1
+/// asks for 00000002.history, then come the segments from the base backup's on).
+const PITR_BLOCK_FROM_CALL: u32 = 5;
+
+/// Archive recovery (recovery.signal) whose Barman becomes unreachable mid-way: our binary exits
+/// 255, PostgreSQL stops with a FATAL instead of promoting with data missing; started again once
+/// Barman is back (same port), it resumes, reaches the primary's row count and promotes.
+fn pitr_stops_when_barman_unreachable(st: &Stack) -> TestResult {
+    let sshd = Sshd::start(st, "pitr", &[])?;
+    let work = st.workdir("pitr_unreachable")?;
+    // the wrapper's state, written by postgres
+    let ctl = work.join("ctl");
+    fs::create_dir(&ctl).map_err(|e| fail(format!("{}: {e}", ctl.display())))?;
+    run(
+        Command::new("chown").args(["postgres:postgres", &ctl.to_string_lossy()]),
+        CALL_TIMEOUT,
+    )?
+    .expect_code(0)?;
+    // -p 0: every call is a miss that connects (no spool hit could hide the outage)
+    let argv = st.restore_argv(
+        &sshd.port,
+        Path::new(st.get("PG_SSH_KEY")),
+        &st.config("gzip"),
+        &format!("-p 0 --spool-dir {}", ctl.join("spool").display()),
+    );
+    let k = PITR_BLOCK_FROM_CALL;
+    let wrapper = ctl.join("restore.sh");
+    fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+# restore_command of postgres::pitr_stops_when_barman_unreachable_then_resumes: counts the calls;
+# the first call for a WAL segment from call {k} on waits (120 s at most) until the test has
+# stopped Barman's sshd and created ./release, then runs barman-wal-restore as every call does.
+d='{ctl}'
+n=$(( $(cat "$d/count" 2>/dev/null || echo 0) + 1 ))
+echo "$n" >"$d/count"
+echo "$n $1" >>"$d/calls"
+case $1 in
+    ????????????????????????) segment=yes ;;
+    *) segment=no ;;
+esac
+if [ "$n" -ge {k} ] && [ "$segment" = yes ] && [ ! -e "$d/blocked" ]; then
+    echo "$n $1" >"$d/blocked.tmp" && mv "$d/blocked.tmp" "$d/blocked"
+    i=0
+    while [ ! -e "$d/release" ] && [ "$i" -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+fi
+exec {argv} "$1" "$2"
+"#,
+            ctl = ctl.display()
+        ),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+        .map_err(|e| fail(e.to_string()))?;
+    let conf = format!("restore_command = '/bin/sh {} %f %p'", wrapper.display());
+    let fatal = "child process exited with exit code 255";
+    with_cluster_expecting(
+        st,
+        "pitr-unreachable",
+        "recovery.signal",
+        &conf,
+        &[fatal],
+        |pg| {
+            // 1. Recovery runs until the call that will find Barman gone; then Barman goes.
+            let mut polls = 0u32;
+            let blocked = wait_until(
+                RECOVERY_TIMEOUT,
+                &format!("restore_command call {k} or later for a segment"),
+                || {
+                    if let Ok(s) = fs::read_to_string(ctl.join("blocked")) {
+                        return Ok(Some(s.trim().to_string()));
+                    }
+                    polls += 1;
+                    if polls.is_multiple_of(50) && !pg.running() {
+                        return Err(fail(format!(
+                            "server died before call {k}:\n{}",
+                            pg.log_tail()
+                        )));
+                    }
+                    Ok(None)
+                },
+            )?;
+            let (call, seg) = blocked
+                .split_once(' ')
+                .ok_or_else(|| fail(format!("blocked: {blocked:?}")))?;
+            let restored = pg.log_text().matches("restored log file \"").count();
+            if restored < 2 {
+                return Err(fail(format!(
+                    "only {restored} segments restored before call {call}: not mid-recovery\n{}",
+                    pg.log_tail()
+                )));
+            }
+            sshd.stop()?;
+            fs::write(ctl.join("release"), "").map_err(|e| fail(e.to_string()))?;
+            let released = Instant::now();
+            wait_until(
+                Duration::from_secs(120),
+                "PostgreSQL to stop on the fatal restore_command status",
+                || Ok((!pg.running()).then_some(())),
+            )?;
+            let stopped_after = released.elapsed();
+            let log1 = pg.log_text();
+            for needle in [
+                format!("could not restore file \"{seg}\" from archive: {fatal}"),
+                "stopping recovery instead of ending it early".to_string(),
+            ] {
+                if !log1.contains(&needle) {
+                    return Err(fail(format!(
+                        "stopped, but the log lacks `{needle}`:\n{}",
+                        pg.log_tail()
+                    )));
+                }
+            }
+            for promoted in ["selected new timeline ID", "archive recovery complete"] {
+                if log1.contains(promoted) {
+                    return Err(fail(format!(
+                        "recovery ended early although Barman was unreachable (`{promoted}`):\n{}",
+                        pg.log_tail()
+                    )));
+                }
+            }
+            if !pg.data.join("recovery.signal").exists() {
+                return Err(fail("recovery.signal is gone: the server promoted"));
+            }
+            // 2. Barman back on the same port, PostgreSQL started again: recovery resumes.
+            sshd.restart()?;
+            let offset = log1.len();
+            let restarted = Instant::now();
+            pg.start()?;
+            pg.wait_promoted(st.get("ROWS"))?;
+            let resumed_in = restarted.elapsed();
+            let text = pg.log_text();
+            let log2 = text.get(offset..).unwrap_or("");
+            for needle in [
+                format!("restored log file \"{seg}\" from archive"),
+                "selected new timeline ID: 2".to_string(),
+                "archive recovery complete".to_string(),
+            ] {
+                if !log2.contains(&needle) {
+                    return Err(fail(format!(
+                        "after the restart the log lacks `{needle}`:\n{}",
+                        pg.log_tail()
+                    )));
+                }
+            }
+            let calls = fs::read_to_string(ctl.join("calls"))
+                .unwrap_or_default()
+                .lines()
+                .count();
+            eprintln!(
+                "FAULT-MATRIX | real stack: Barman's sshd stopped mid-way through an archive \
+                 recovery (PostgreSQL 15, recovery.signal, restore_command -p 0, default \
+                 --on-failure=auto) | 1 | call {call} for {seg} after {restored} segments \
+                 restored: exit 255, PostgreSQL stopped with FATAL {stopped_after:.1?} after the \
+                 outage, no promotion | restarted with Barman back on the same port: resumed at \
+                 {seg}, promoted to timeline 2 with the primary's {} rows in {resumed_in:.1?} \
+                 ({calls} restore_command calls in all)",
+                st.get("ROWS")
+            );
+            Ok(())
+        },
+    )
+}
+
 // ------------------------------------------------------------------------------------------------
 // Trials
 
@@ -1747,6 +1949,10 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     };
 
     // PostgreSQL 15 with restore_command = our binary (longest trials first).
+    add(
+        "postgres::pitr_stops_when_barman_unreachable_then_resumes".into(),
+        Box::new(pitr_stops_when_barman_unreachable),
+    );
     // Faults injected into the real sshd, and into our binary.
     add(
         "fault::sigkill_during_p8_fetch".into(),
