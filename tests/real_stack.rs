@@ -113,7 +113,10 @@ fn missing_prerequisites() -> Vec<String> {
 
 #[derive(Debug)]
 struct Out {
+    /// The exit status; 128 + N after death by signal N.
     code: Option<i32>,
+    /// The signal that ended the process, if one did.
+    signal: Option<i32>,
     stdout: Vec<u8>,
     stderr: String,
     elapsed: Duration,
@@ -154,6 +157,20 @@ fn describe_cmd(cmd: &Command) -> String {
 
 /// Run `cmd` (stdin closed, output captured), killing it after `timeout`.
 fn run(cmd: &mut Command, timeout: Duration) -> Result<Out, Failed> {
+    spawn(cmd)?.wait(timeout)
+}
+
+/// A process started by [`spawn`], its output collected by two threads.
+struct Running {
+    child: std::process::Child,
+    what: String,
+    start: Instant,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+/// Start `cmd` (stdin closed, output captured) without waiting for it.
+fn spawn(cmd: &mut Command) -> Result<Running, Failed> {
     let what = describe_cmd(cmd);
     let start = Instant::now();
     let mut child = cmd
@@ -164,44 +181,87 @@ fn run(cmd: &mut Command, timeout: Duration) -> Result<Out, Failed> {
         .map_err(|e| fail(format!("cannot start `{what}`: {e}")))?;
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
+    let stdout = std::thread::spawn(move || {
         let mut v = Vec::new();
         let _ = so.read_to_end(&mut v);
         v
     });
-    let t_err = std::thread::spawn(move || {
+    let stderr = std::thread::spawn(move || {
         let mut v = Vec::new();
         let _ = se.read_to_end(&mut v);
         v
     });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if start.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "`{what}` did not finish within {timeout:?} (killed)"
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)), // poll interval of a bounded wait
-            Err(e) => return Err(fail(format!("waiting for `{what}`: {e}"))),
-        }
-    };
-    let elapsed = start.elapsed();
-    let stdout = t_out.join().unwrap_or_default();
-    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-    let code = status.code().or_else(|| {
-        use std::os::unix::process::ExitStatusExt;
-        status.signal().map(|s| 128 + s)
-    });
-    Ok(Out {
-        code,
+    Ok(Running {
+        child,
+        what,
+        start,
         stdout,
         stderr,
-        elapsed,
-        what,
     })
+}
+
+impl Running {
+    /// Whether it has ended (it is reaped then; [`Running::wait`] still reports it).
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL (nothing happens if it has already been reaped).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// Wait for the end, killing it after `timeout` (counted from its start).
+    fn wait(mut self, timeout: Duration) -> Result<Out, Failed> {
+        let what = self.what;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if self.start.elapsed() > timeout => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(fail(format!(
+                        "`{what}` did not finish within {timeout:?} (killed)"
+                    )));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)), // poll interval of a bounded wait
+                Err(e) => return Err(fail(format!("waiting for `{what}`: {e}"))),
+            }
+        };
+        let elapsed = self.start.elapsed();
+        let stdout = self.stdout.join().unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&self.stderr.join().unwrap_or_default()).into_owned();
+        use std::os::unix::process::ExitStatusExt;
+        let signal = status.signal();
+        let code = status.code().or(signal.map(|s| 128 + s));
+        Ok(Out {
+            code,
+            signal,
+            stdout,
+            stderr,
+            elapsed,
+            what,
+        })
+    }
+}
+
+/// Poll `probe` until it yields a value, for at most `timeout`; an `Err` from the probe ends the
+/// wait at once (the thing waited for can no longer happen).
+fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<Option<T>, Failed>,
+) -> Result<T, Failed> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe()? {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(fail(format!("waited {timeout:?} in vain for {what}")));
+        }
+        std::thread::sleep(Duration::from_millis(20)); // poll interval of a bounded wait
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -450,9 +510,15 @@ impl Stack {
     /// Same with another key readable by postgres (`forced_key(.., Owner::Postgres)`).
     fn restore_command_keyed(&self, key: &Path, cfg: &str, opts: &str) -> String {
         format!(
-            "{} {opts} -U barman --port {} -i {} --known-hosts {} -c {cfg} {HOST} {SERVER} %f %p",
+            "{} %f %p",
+            self.restore_argv(self.get("SSH_PORT"), key, cfg, opts)
+        )
+    }
+    /// Our binary as postgres runs it, to sshd `port`, up to (not including) WAL_NAME WAL_DEST.
+    fn restore_argv(&self, port: &str, key: &Path, cfg: &str, opts: &str) -> String {
+        format!(
+            "{} {opts} -U barman --port {port} -i {} --known-hosts {} -c {cfg} {HOST} {SERVER}",
             self.pg_bin.display(),
-            self.get("SSH_PORT"),
             key.display(),
             self.get("PG_KNOWN_HOSTS"),
         )
@@ -923,8 +989,29 @@ impl<'a> Pg<'a> {
         }
     }
 
-    /// The log must show no fatal restore_command outcome, no crash.
-    fn check_log_clean(&self) -> TestResult {
+    /// Archive recovery ended (the server promoted) with `rows` rows in the test table.
+    fn wait_promoted(&self, rows: &str) -> TestResult {
+        self.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
+        self.wait_for(
+            &format!("SELECT count(*) FROM {}", self.st.get("PG_TABLE")),
+            rows,
+            Duration::from_secs(10),
+        )
+    }
+
+    /// A standby replayed up to `rows` rows in the test table and is still in recovery.
+    fn wait_standby_rows(&self, rows: &str) -> TestResult {
+        self.wait_for(
+            &format!("SELECT count(*) FROM {}", self.st.get("PG_TABLE")),
+            rows,
+            RECOVERY_TIMEOUT,
+        )?;
+        self.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
+    }
+
+    /// The log must show no fatal restore_command outcome, no crash, except lines holding one
+    /// of `expected` (a trial that provokes a FATAL on purpose).
+    fn check_log_clean(&self, expected: &[&str]) -> TestResult {
         let text = self.log_text();
         let bad: Vec<&str> = text
             .lines()
@@ -937,6 +1024,7 @@ impl<'a> Pg<'a> {
             .filter(|l| {
                 !l.contains("the database system is starting up")
                     && !l.contains("not yet accepting connections")
+                    && !expected.iter().any(|e| l.contains(e))
             })
             .collect::<Vec<_>>();
         if bad.is_empty() {
@@ -983,11 +1071,24 @@ fn with_cluster(
     conf: &str,
     body: impl FnOnce(&Pg) -> TestResult,
 ) -> TestResult {
+    with_cluster_expecting(st, name, signal, conf, &[], body)
+}
+
+/// [`with_cluster`] for a scenario whose server log may hold FATAL lines containing one of
+/// `expected` (the body checks that they are there).
+fn with_cluster_expecting(
+    st: &Stack,
+    name: &str,
+    signal: &str,
+    conf: &str,
+    expected: &[&str],
+    body: impl FnOnce(&Pg) -> TestResult,
+) -> TestResult {
     let pg = Pg::from_base_backup(st, name, signal, conf)?;
     let r = pg
         .start()
         .and_then(|()| body(&pg))
-        .and_then(|()| pg.check_log_clean());
+        .and_then(|()| pg.check_log_clean(expected));
     if r.is_ok() || std::env::var("BWR_KEEP_STACK").as_deref() != Ok("1") {
         pg.stop_and_remove();
     } else {
@@ -999,6 +1100,830 @@ fn with_cluster(
             .output();
     }
     r
+}
+
+// ------------------------------------------------------------------------------------------------
+// Processes of the stack, dedicated sshd instances
+
+/// A process as /proc shows it; `start` (clock ticks after boot) tells a reused pid apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    comm: String,
+    start: u64,
+}
+
+fn read_proc(pid: i32) -> Option<Proc> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ... STARTTIME ...": COMM may hold spaces and parentheses
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    if rest.first() == Some(&"Z") {
+        return None; // a zombie: gone but for its exit status
+    }
+    Some(Proc {
+        pid,
+        ppid: rest.get(1)?.parse().ok()?,
+        comm: stat[open + 1..close].to_string(),
+        start: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// `root` and every process below it, parents first.
+fn process_tree(root: i32) -> Vec<Proc> {
+    let all: Vec<Proc> = fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter_map(read_proc)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree: Vec<Proc> = all.iter().filter(|p| p.pid == root).cloned().collect();
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i].pid;
+        tree.extend(all.iter().filter(|p| p.ppid == parent).cloned());
+        i += 1;
+    }
+    tree
+}
+
+/// `p` still runs (same pid, same start time, not a zombie).
+fn still_running(p: &Proc) -> bool {
+    read_proc(p.pid).is_some_and(|now| now.start == p.start && now.comm == p.comm)
+}
+
+/// kill(2) on one process; never 0, -1 or init (those would reach far more than one process).
+fn send_signal(p: &Proc, sig: i32) {
+    if p.pid > 1 && still_running(p) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(p.pid, sig) };
+    }
+}
+
+/// One more sshd for one trial (`stack.sh sshd-start`), which the trial may kill, stop or start
+/// again. Dropping it resumes whatever was stopped, stops the sshd and ends what is left of its
+/// sessions.
+struct Sshd<'a> {
+    st: &'a Stack,
+    name: String,
+    port: String,
+    /// `sshd-start` options (`--throttle N`), again when it is started anew.
+    opts: Vec<String>,
+    /// Every process seen under it, for the cleanup.
+    seen: std::sync::Mutex<Vec<Proc>>,
+}
+
+impl<'a> Sshd<'a> {
+    fn start(st: &'a Stack, name: &str, opts: &[&str]) -> Result<Sshd<'a>, Failed> {
+        let n = st.seq.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{name}-{}-{n}", std::process::id());
+        let opts: Vec<String> = opts.iter().map(|o| o.to_string()).collect();
+        let port = Sshd::launch(st, &name, None, &opts)?;
+        Ok(Sshd {
+            st,
+            name,
+            port,
+            opts,
+            seen: Default::default(),
+        })
+    }
+
+    fn launch(
+        st: &Stack,
+        name: &str,
+        port: Option<&str>,
+        opts: &[String],
+    ) -> Result<String, Failed> {
+        let mut c = Command::new("bash");
+        c.arg(stack_script())
+            .args(["sshd-start", &st.dir.to_string_lossy(), name]);
+        if let Some(p) = port {
+            c.args(["--port", p]);
+        }
+        c.args(opts);
+        let out = run(&mut c, Duration::from_secs(60))?;
+        out.expect_code(0)?;
+        let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if port.parse::<u16>().is_err() {
+            return Err(fail(format!("stack.sh sshd-start printed {port:?}")));
+        }
+        Ok(port)
+    }
+
+    /// `stack.sh sshd-stop`: TERM the listener, wait until it is gone (nothing to do after a kill
+    /// but forget its pid file).
+    fn stop(&self) -> TestResult {
+        run(
+            Command::new("bash").arg(stack_script()).args([
+                "sshd-stop",
+                &self.st.dir.to_string_lossy(),
+                &self.name,
+            ]),
+            Duration::from_secs(60),
+        )?
+        .expect_code(0)
+    }
+
+    /// Start it again on the same port, where its clients look for it.
+    fn restart(&self) -> TestResult {
+        self.stop()?;
+        let port = Sshd::launch(self.st, &self.name, Some(&self.port), &self.opts)?;
+        if port != self.port {
+            return Err(fail(format!(
+                "sshd {} came back on port {port}, not {}",
+                self.name, self.port
+            )));
+        }
+        Ok(())
+    }
+
+    /// The listener (the pid stack.sh recorded, checked against its config path: a reused pid
+    /// is not ours) and every process under it: per-connection sshd processes and the commands
+    /// their sessions run. `pgrep -f CONFIG` finds the listener only: per-connection processes
+    /// retitle themselves (`sshd: barman [priv]`, `sshd: barman@notty`).
+    fn processes(&self) -> Result<Vec<Proc>, Failed> {
+        let pidfile = self.st.dir.join(format!("run/sshd-{}.pid", self.name));
+        let pid: i32 = fs::read_to_string(&pidfile)
+            .map_err(|e| fail(format!("{}: {e}", pidfile.display())))?
+            .trim()
+            .parse()
+            .map_err(|e| fail(format!("{}: {e}", pidfile.display())))?;
+        let config = self.st.dir.join(format!("sshd/sshd_config-{}", self.name));
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy()) {
+            return Err(fail(format!(
+                "pid {pid} (from {}) is not `sshd -f {}`",
+                pidfile.display(),
+                config.display()
+            )));
+        }
+        let tree = process_tree(pid);
+        self.seen.lock().unwrap().extend(tree.iter().cloned());
+        Ok(tree)
+    }
+
+    /// Sends `sig` to its sshd processes: the per-connection ones, and the listener too with
+    /// `listener`. The commands of the sessions are left to follow their sshd.
+    fn signal_sshd(&self, sig: i32, listener: bool) -> Result<Vec<Proc>, Failed> {
+        let procs: Vec<Proc> = self
+            .processes()?
+            .into_iter()
+            .enumerate()
+            .filter(|(i, p)| p.comm == "sshd" && (listener || *i > 0))
+            .map(|(_, p)| p)
+            .collect();
+        for p in &procs {
+            send_signal(p, sig);
+        }
+        Ok(procs)
+    }
+
+    /// Sends `sig` to the listener and every process under it (the whole Barman host hangs).
+    fn signal_all(&self, sig: i32) -> Result<Vec<Proc>, Failed> {
+        let procs = self.processes()?;
+        for p in &procs {
+            send_signal(p, sig);
+        }
+        Ok(procs)
+    }
+}
+
+impl Drop for Sshd<'_> {
+    fn drop(&mut self) {
+        let _ = self.processes();
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        for p in &seen {
+            send_signal(p, libc::SIGCONT);
+        }
+        let _ = self.stop();
+        // Stalled or orphaned sessions of a client that left long ago: ours to end.
+        for p in &seen {
+            send_signal(p, libc::SIGKILL);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fault trials: what a directory holds after a call
+
+/// Prefix of every temp file our binary writes (src/spool.rs).
+const TEMP_PREFIX: &str = ".bwr-tmp.";
+
+/// A directory judged against what PostgreSQL archived.
+#[derive(Debug, Default)]
+struct Audit {
+    /// Final names holding exactly the archived bytes.
+    good: Vec<String>,
+    /// Temp names: allowed after a kill only.
+    temps: Vec<String>,
+    /// Final names holding anything else, and files no call should have left.
+    bad: Vec<String>,
+}
+
+/// `dest`: (file name, WAL) when `dir` holds WAL_DEST; any other final name must be the name of
+/// an archived WAL with its bytes. The spool's bookkeeping (`.bwr-peek`, `.bwr-layout.*`) is
+/// never served as WAL and is not judged.
+fn audit_dir(dir: &Path, orig: &Path, dest: Option<(&str, &str)>) -> Audit {
+    let mut audit = Audit::default();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        if name.starts_with(TEMP_PREFIX) {
+            audit.temps.push(name);
+            continue;
+        }
+        if name == ".bwr-peek" || name.starts_with(".bwr-layout.") {
+            continue;
+        }
+        let wal = match dest {
+            Some((d, wal)) if d == name => wal,
+            _ => name.as_str(),
+        };
+        let want = orig.join(wal);
+        if !want.is_file() {
+            audit
+                .bad
+                .push(format!("{name}: no archived WAL of that name"));
+            continue;
+        }
+        match compare_file(&dir.join(&name), &want) {
+            Ok(()) => audit.good.push(name),
+            Err(e) => audit.bad.push(e.message().unwrap_or("differs").to_string()),
+        }
+    }
+    audit
+}
+
+fn context(ctx: &str) -> impl Fn(Failed) -> Failed + '_ {
+    move |e| fail(format!("{ctx}: {}", e.message().unwrap_or("failed")))
+}
+
+/// After a call that failed: no WAL_DEST, no temp file (the call ended by itself and removes
+/// its own), nothing wrong under a final name in pg_wal/ or the spool.
+fn expect_nothing_left(work: &Path, orig: &Path, wal: &str) -> TestResult {
+    for (dir, dest) in [
+        (work.join("pg_wal"), Some(("RECOVERYXLOG", wal))),
+        (work.join("spool"), None),
+    ] {
+        let audit = audit_dir(&dir, orig, dest);
+        if !audit.bad.is_empty() || !audit.temps.is_empty() {
+            return Err(fail(format!(
+                "{}: wrong files {:?}, temp files {:?}",
+                dir.display(),
+                audit.bad,
+                audit.temps
+            )));
+        }
+    }
+    if work.join(DEST).exists() {
+        return Err(fail(format!("{DEST} delivered by a call that failed")));
+    }
+    Ok(())
+}
+
+/// stderr holds exactly one `ERROR:` line, naming the Barman host; returns it.
+fn one_error_line(out: &Out, port: &str) -> Result<String, Failed> {
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("ERROR:"))
+        .collect();
+    match errors[..] {
+        [line] if line.contains(&format!("{HOST}:{port}")) => Ok(line.to_string()),
+        _ => Err(fail(format!(
+            "want one ERROR line naming {HOST}:{port}:\n{}",
+            out.describe()
+        ))),
+    }
+}
+
+/// Bytes per second each exec channel of a throttled sshd streams: a segment of config "none"
+/// (16 MiB stored raw) takes 4 s, long enough to break the connection while it streams.
+const THROTTLE: &str = "4194304";
+/// --io-timeout of the stall and kill trials.
+const IO_TIMEOUT: u64 = 5;
+
+/// Starts a `-p 8` fetch of the last data segment (config "none": 16 MiB on the wire) through
+/// `sshd` in standby mode (standby.signal in the cwd, as PostgreSQL runs us), and returns once
+/// bytes of it have arrived under its temp name beside WAL_DEST: mid-stream.
+fn start_fetch_mid_stream(
+    st: &Stack,
+    sshd: &Sshd,
+    work: &Path,
+    extra: &[&str],
+) -> Result<(Running, String), Failed> {
+    fs::write(work.join("standby.signal"), "").map_err(|e| fail(e.to_string()))?;
+    let wal = st
+        .list("WAL_DATA_SEGMENTS")
+        .last()
+        .cloned()
+        .ok_or_else(|| fail("stack.env lists no data segment"))?;
+    let spool = work.join("spool").to_string_lossy().into_owned();
+    let io = IO_TIMEOUT.to_string();
+    let mut opts = vec!["-p", "8", "--spool-dir", &spool, "--io-timeout", &io];
+    opts.extend(extra);
+    let mut running =
+        spawn(&mut st.ours_to(&sshd.port, &st.config("none"), &opts, &wal, DEST, work))?;
+    let pg_wal = work.join("pg_wal");
+    let streaming = wait_until(
+        Duration::from_secs(60),
+        &format!("bytes of {wal} to arrive"),
+        || {
+            if running.exited() {
+                return Ok(Some(false));
+            }
+            let arrived = fs::read_dir(&pg_wal)
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+                            && e.metadata().is_ok_and(|m| m.len() > 0)
+                    })
+                })
+                .unwrap_or(false);
+            Ok(arrived.then_some(true))
+        },
+    );
+    match streaming {
+        Ok(true) => Ok((running, wal)),
+        Ok(false) => {
+            let out = running.wait(CALL_TIMEOUT)?;
+            Err(fail(format!(
+                "the call ended before any byte of {wal} arrived:\n{}",
+                out.describe()
+            )))
+        }
+        Err(e) => {
+            running.kill();
+            Err(e)
+        }
+    }
+}
+
+/// Issue 5 on the real stack: our binary SIGKILLed at a pseudo-random moment of a `-p 8` fetch
+/// (start-up, handshake, peek, eight transfers, renames), with a fresh spool each time. No final
+/// name, in the spool or at WAL_DEST, ever holds other bytes than PostgreSQL archived; the next
+/// call for the same segment delivers them and leaves no temp file.
+fn sigkill_during_p8_fetch(st: &Stack) -> TestResult {
+    const ITERATIONS: usize = 20;
+    const BUDGET: Duration = Duration::from_secs(300);
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("BWR_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+    eprintln!(
+        "fault::sigkill_during_p8_fetch: seed {seed} (BWR_FAULT_SEED={seed} replays the delays)"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let cfg = st.config("zstd");
+    let orig = st.orig();
+    let segs = st.list("WAL_SEGMENTS");
+    let data = st.list("WAL_DATA_SEGMENTS");
+    // requested segments whose window (it and the 7 after it) holds a segment full of data
+    let starts: Vec<&str> = (0..segs.len().saturating_sub(8))
+        .filter(|&i| segs[i..i + 8].iter().any(|s| data.contains(s)))
+        .map(|i| segs[i].as_str())
+        .collect();
+    if starts.is_empty() {
+        return Err(fail(format!(
+            "no -p 8 window of {segs:?} holds a data segment"
+        )));
+    }
+    let work = st.workdir("sigkill_p8")?;
+    let call = |dir: &Path, wal: &str, keep: &str| {
+        let spool = dir.join("spool").to_string_lossy().into_owned();
+        st.ours(
+            &cfg,
+            &["-p", "8", "--spool-dir", &spool, keep],
+            wal,
+            DEST,
+            dir,
+        )
+    };
+    let fresh = |name: String| -> Result<PathBuf, Failed> {
+        let dir = work.join(name);
+        fs::create_dir_all(dir.join("pg_wal")).map_err(|e| fail(e.to_string()))?;
+        Ok(dir)
+    };
+    // The kill window is one whole call (fresh spool), shrunk whenever a call ends before its
+    // kill, so that kills spread over the whole call whatever the machine's speed.
+    let warm = fresh("warm-up".into())?;
+    let out = run(
+        &mut call(&warm, starts[0], "--keep-compression"),
+        CALL_TIMEOUT,
+    )?;
+    out.expect_code(0)?;
+    compare_file(&warm.join(DEST), &orig.join(starts[0]))?;
+    let _ = fs::remove_dir_all(&warm);
+    let mut window_ms = (out.elapsed.as_millis() as u64).clamp(100, 10_000);
+    let first_window = window_ms;
+    let (mut done, mut killed_n, mut dest_done, mut temps, mut spooled) = (0, 0, 0, 0, 0);
+    let (mut next_max, mut codes) = (Duration::ZERO, std::collections::BTreeMap::new());
+    let started = Instant::now();
+    for i in 0..ITERATIONS {
+        if started.elapsed() > BUDGET {
+            eprintln!("fault::sigkill_during_p8_fetch: {BUDGET:?} spent after {i} iterations");
+            break;
+        }
+        let wal = starts[i % starts.len()];
+        // --keep-compression is the default; the other half as the original fetches
+        let keep = if i % 2 == 0 {
+            "--keep-compression"
+        } else {
+            "--no-keep-compression"
+        };
+        let dir = fresh(format!("kill-{i:02}"))?;
+        let delay = rng.random_range(0..=window_ms);
+        let ctx = format!("iteration {i} (seed {seed}: {wal} {keep}, SIGKILL after {delay} ms)");
+        let mut running = spawn(&mut call(&dir, wal, keep))?;
+        std::thread::sleep(Duration::from_millis(delay)); // the random moment is the point of the test
+        running.kill();
+        let killed = running.wait(CALL_TIMEOUT)?;
+        if killed.signal == Some(libc::SIGKILL) {
+            killed_n += 1;
+            if dir.join(DEST).exists() {
+                dest_done += 1;
+            }
+        } else {
+            *codes.entry(killed.code.unwrap_or(-1)).or_insert(0) += 1;
+            killed.expect_code(0).map_err(context(&ctx))?;
+            window_ms = window_ms.min(killed.elapsed.as_millis() as u64).max(50);
+        }
+        for (d, dest) in [
+            (dir.join("pg_wal"), Some(("RECOVERYXLOG", wal))),
+            (dir.join("spool"), None),
+        ] {
+            let audit = audit_dir(&d, &orig, dest);
+            if !audit.bad.is_empty() {
+                return Err(fail(format!(
+                    "{ctx}: final names with wrong or partial bytes in {}: {:?}",
+                    d.display(),
+                    audit.bad
+                )));
+            }
+            temps += audit.temps.len();
+            if dest.is_none() {
+                spooled += audit.good.len();
+            }
+        }
+        // PostgreSQL removes RECOVERYXLOG before it calls again.
+        let _ = fs::remove_file(dir.join(DEST));
+        let next = run(&mut call(&dir, wal, keep), CALL_TIMEOUT)?;
+        *codes.entry(next.code.unwrap_or(-1)).or_insert(0) += 1;
+        next.expect_code(0)
+            .map_err(context(&format!("{ctx}, next call")))?;
+        next_max = next_max.max(next.elapsed);
+        compare_file(&dir.join(DEST), &orig.join(wal)).map_err(context(&ctx))?;
+        for (d, dest) in [
+            (dir.join("pg_wal"), Some(("RECOVERYXLOG", wal))),
+            (dir.join("spool"), None),
+        ] {
+            let audit = audit_dir(&d, &orig, dest);
+            if !audit.bad.is_empty() || !audit.temps.is_empty() {
+                return Err(fail(format!(
+                    "{ctx}, after the next call: {} holds wrong files {:?}, temp files {:?}",
+                    d.display(),
+                    audit.bad,
+                    audit.temps
+                )));
+            }
+        }
+        done += 1;
+        let _ = fs::remove_dir_all(&dir); // 8 segments of 16 MiB each
+    }
+    let codes: Vec<String> = codes
+        .iter()
+        .map(|(c, n)| format!("exit {c}: {n}"))
+        .collect();
+    eprintln!(
+        "FAULT-MATRIX | real stack: SIGKILL at a random moment within one call ({first_window} ms, \
+         down to {window_ms} ms) of a -p 8 fetch (zstd, --keep-compression / \
+         --no-keep-compression, fresh spool), then the same call again | {done} iterations | \
+         SIGKILL: {killed_n}, {} | {killed_n} killed mid-call ({dest_done} after \
+         WAL_DEST was complete), {temps} temp files left by the kills (all removed by the next \
+         call), {spooled} segments spooled by killed calls (all byte-identical), next call \
+         byte-identical every time (slowest {next_max:.1?}); 0 wrong bytes under a final name",
+        codes.join(", ")
+    );
+    if done < ITERATIONS / 2 {
+        return Err(fail(format!(
+            "only {done} of {ITERATIONS} iterations within {BUDGET:?}"
+        )));
+    }
+    if killed_n < done / 3 {
+        return Err(fail(format!(
+            "only {killed_n} of {done} calls were killed mid-way: too few to prove anything"
+        )));
+    }
+    Ok(())
+}
+
+/// Barman's sshd dies (SIGKILL: the listener and the session's processes) while a `-p 8` fetch
+/// streams: exit 2 within --io-timeout, one ERROR line, nothing final left behind.
+fn sshd_killed_mid_stream(st: &Stack) -> TestResult {
+    let sshd = Sshd::start(st, "killed", &["--throttle", THROTTLE])?;
+    let work = st.workdir("sshd_killed")?;
+    let (running, wal) = start_fetch_mid_stream(st, &sshd, &work, &[])?;
+    let killed = sshd.signal_sshd(libc::SIGKILL, true)?;
+    let at = Instant::now();
+    let out = running.wait(CALL_TIMEOUT)?;
+    let after = at.elapsed();
+    out.expect_code(2)?;
+    let bound = Duration::from_secs(IO_TIMEOUT + 5);
+    if after > bound {
+        return Err(fail(format!(
+            "exit 2 came {after:.1?} after the kill, more than {bound:?}:\n{}",
+            out.describe()
+        )));
+    }
+    let error = one_error_line(&out, &sshd.port)?;
+    expect_nothing_left(&work, &st.orig(), &wal)?;
+    eprintln!(
+        "FAULT-MATRIX | real stack: sshd killed mid-stream (SIGKILL to its {} sshd processes: \
+         listener and session) during a -p 8 fetch, --io-timeout {IO_TIMEOUT}, standby.signal | 1 | \
+         exit 2, {after:.1?} after the kill | `{error}`; nothing under a final name, no temp file",
+        killed.len()
+    );
+    Ok(())
+}
+
+/// The Barman host hangs (SIGSTOP to its sshd and everything under it) while a `-p 8` fetch
+/// streams: no progress for --io-timeout, then reconnects that get no SSH banner (each bounded
+/// by --connect-timeout): exit 2, one ERROR line, nothing final left behind.
+fn sshd_stalled_mid_stream(st: &Stack) -> TestResult {
+    const CONNECT_TIMEOUT: u64 = 2;
+    let sshd = Sshd::start(st, "stalled", &["--throttle", THROTTLE])?;
+    let work = st.workdir("sshd_stalled")?;
+    let (running, wal) = start_fetch_mid_stream(
+        st,
+        &sshd,
+        &work,
+        &["--connect-timeout", &CONNECT_TIMEOUT.to_string()],
+    )?;
+    let stopped = sshd.signal_all(libc::SIGSTOP)?;
+    let at = Instant::now();
+    let out = running.wait(CALL_TIMEOUT);
+    let after = at.elapsed();
+    for p in &stopped {
+        send_signal(p, libc::SIGCONT);
+    }
+    let out = out?;
+    out.expect_code(2)?;
+    // the stall is noticed after --io-timeout; then 3 connection attempts (250 + 500 ms apart)
+    // whose TCP connect succeeds (the kernel queues it) but whose SSH banner never comes
+    let bound = Duration::from_millis((IO_TIMEOUT + 3 * CONNECT_TIMEOUT) * 1000 + 750 + 4000);
+    if after < Duration::from_secs(IO_TIMEOUT) - Duration::from_millis(500) || after > bound {
+        return Err(fail(format!(
+            "exit 2 came {after:.1?} after the stall; want between --io-timeout {IO_TIMEOUT} s \
+             and {bound:?}:\n{}",
+            out.describe()
+        )));
+    }
+    let error = one_error_line(&out, &sshd.port)?;
+    expect_nothing_left(&work, &st.orig(), &wal)?;
+    eprintln!(
+        "FAULT-MATRIX | real stack: Barman host hangs mid-stream (SIGSTOP to the sshd's {} \
+         processes: listener, session, commands) during a -p 8 fetch, --io-timeout {IO_TIMEOUT} --connect-timeout \
+         {CONNECT_TIMEOUT}, standby.signal | 1 | exit 2, {after:.1?} after the stall \
+         (--io-timeout, then 3 connection attempts without an SSH banner) | `{error}`; nothing \
+         under a final name, no temp file",
+        stopped.len()
+    );
+    Ok(())
+}
+
+/// Only the session stalls (SIGSTOP to its sshd processes; the listener still accepts): after
+/// --io-timeout the call reconnects and delivers everything.
+fn sshd_session_stalled_reconnects(st: &Stack) -> TestResult {
+    let sshd = Sshd::start(st, "session-stalled", &["--throttle", THROTTLE])?;
+    let work = st.workdir("sshd_session_stalled")?;
+    let (running, wal) = start_fetch_mid_stream(st, &sshd, &work, &["-v"])?;
+    let stopped = sshd.signal_sshd(libc::SIGSTOP, false)?;
+    if stopped.is_empty() {
+        return Err(fail("no session process under the sshd to stop"));
+    }
+    let at = Instant::now();
+    let out = running.wait(CALL_TIMEOUT);
+    let after = at.elapsed();
+    for p in &stopped {
+        send_signal(p, libc::SIGCONT);
+    }
+    let out = out?;
+    out.expect_code(0)?;
+    if after < Duration::from_secs(IO_TIMEOUT) - Duration::from_millis(500)
+        || !out.stderr.contains("2 connection(s)")
+    {
+        return Err(fail(format!(
+            "want a second connection after --io-timeout {IO_TIMEOUT} s ({after:.1?}):\n{}",
+            out.describe()
+        )));
+    }
+    compare_file(&work.join(DEST), &st.orig().join(&wal))?;
+    let mut spooled = 0;
+    for (dir, dest) in [
+        (work.join("pg_wal"), Some(("RECOVERYXLOG", wal.as_str()))),
+        (work.join("spool"), None),
+    ] {
+        let audit = audit_dir(&dir, &st.orig(), dest);
+        if !audit.bad.is_empty() || !audit.temps.is_empty() {
+            return Err(fail(format!(
+                "{}: wrong files {:?}, temp files {:?}",
+                dir.display(),
+                audit.bad,
+                audit.temps
+            )));
+        }
+        if dest.is_none() {
+            spooled = audit.good.len();
+        }
+    }
+    eprintln!(
+        "FAULT-MATRIX | real stack: the SSH session stalls mid-stream (SIGSTOP to its {} sshd \
+         processes; the listener still accepts) during a -p 8 fetch, --io-timeout {IO_TIMEOUT} | 1 \
+         | exit 0, {after:.1?} after the stall, on a second connection | WAL_DEST and {spooled} \
+         spooled segments byte-identical, no temp file",
+        stopped.len()
+    );
+    Ok(())
+}
+
+/// The first restore_command call for a segment from this call on finds Barman gone (call 1
+/// asks for 00000002.history, then come the segments from the base backup's on).
+const PITR_BLOCK_FROM_CALL: u32 = 5;
+
+/// Archive recovery (recovery.signal) whose Barman becomes unreachable mid-way: our binary exits
+/// 255, PostgreSQL stops with a FATAL instead of promoting with data missing; started again once
+/// Barman is back (same port), it resumes, reaches the primary's row count and promotes.
+fn pitr_stops_when_barman_unreachable(st: &Stack) -> TestResult {
+    let sshd = Sshd::start(st, "pitr", &[])?;
+    let work = st.workdir("pitr_unreachable")?;
+    // the wrapper's state, written by postgres
+    let ctl = work.join("ctl");
+    fs::create_dir(&ctl).map_err(|e| fail(format!("{}: {e}", ctl.display())))?;
+    run(
+        Command::new("chown").args(["postgres:postgres", &ctl.to_string_lossy()]),
+        CALL_TIMEOUT,
+    )?
+    .expect_code(0)?;
+    // -p 0: every call is a miss that connects (no spool hit could hide the outage)
+    let argv = st.restore_argv(
+        &sshd.port,
+        Path::new(st.get("PG_SSH_KEY")),
+        &st.config("gzip"),
+        &format!("-p 0 --spool-dir {}", ctl.join("spool").display()),
+    );
+    let k = PITR_BLOCK_FROM_CALL;
+    let wrapper = ctl.join("restore.sh");
+    fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+# restore_command of postgres::pitr_stops_when_barman_unreachable_then_resumes: counts the calls;
+# the first call for a WAL segment from call {k} on waits (120 s at most) until the test has
+# stopped Barman's sshd and created ./release, then runs barman-wal-restore as every call does.
+d='{ctl}'
+n=$(( $(cat "$d/count" 2>/dev/null || echo 0) + 1 ))
+echo "$n" >"$d/count"
+echo "$n $1" >>"$d/calls"
+case $1 in
+    ????????????????????????) segment=yes ;;
+    *) segment=no ;;
+esac
+if [ "$n" -ge {k} ] && [ "$segment" = yes ] && [ ! -e "$d/blocked" ]; then
+    echo "$n $1" >"$d/blocked.tmp" && mv "$d/blocked.tmp" "$d/blocked"
+    i=0
+    while [ ! -e "$d/release" ] && [ "$i" -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+fi
+exec {argv} "$1" "$2"
+"#,
+            ctl = ctl.display()
+        ),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+        .map_err(|e| fail(e.to_string()))?;
+    let conf = format!("restore_command = '/bin/sh {} %f %p'", wrapper.display());
+    let fatal = "child process exited with exit code 255";
+    with_cluster_expecting(
+        st,
+        "pitr-unreachable",
+        "recovery.signal",
+        &conf,
+        &[fatal],
+        |pg| {
+            // 1. Recovery runs until the call that will find Barman gone; then Barman goes.
+            let mut polls = 0u32;
+            let blocked = wait_until(
+                RECOVERY_TIMEOUT,
+                &format!("restore_command call {k} or later for a segment"),
+                || {
+                    if let Ok(s) = fs::read_to_string(ctl.join("blocked")) {
+                        return Ok(Some(s.trim().to_string()));
+                    }
+                    polls += 1;
+                    if polls.is_multiple_of(50) && !pg.running() {
+                        return Err(fail(format!(
+                            "server died before call {k}:\n{}",
+                            pg.log_tail()
+                        )));
+                    }
+                    Ok(None)
+                },
+            )?;
+            let (call, seg) = blocked
+                .split_once(' ')
+                .ok_or_else(|| fail(format!("blocked: {blocked:?}")))?;
+            let restored = pg.log_text().matches("restored log file \"").count();
+            if restored < 2 {
+                return Err(fail(format!(
+                    "only {restored} segments restored before call {call}: not mid-recovery\n{}",
+                    pg.log_tail()
+                )));
+            }
+            sshd.stop()?;
+            fs::write(ctl.join("release"), "").map_err(|e| fail(e.to_string()))?;
+            let released = Instant::now();
+            wait_until(
+                Duration::from_secs(120),
+                "PostgreSQL to stop on the fatal restore_command status",
+                || Ok((!pg.running()).then_some(())),
+            )?;
+            let stopped_after = released.elapsed();
+            let log1 = pg.log_text();
+            for needle in [
+                format!("could not restore file \"{seg}\" from archive: {fatal}"),
+                "stopping recovery instead of ending it early".to_string(),
+            ] {
+                if !log1.contains(&needle) {
+                    return Err(fail(format!(
+                        "stopped, but the log lacks `{needle}`:\n{}",
+                        pg.log_tail()
+                    )));
+                }
+            }
+            for promoted in ["selected new timeline ID", "archive recovery complete"] {
+                if log1.contains(promoted) {
+                    return Err(fail(format!(
+                        "recovery ended early although Barman was unreachable (`{promoted}`):\n{}",
+                        pg.log_tail()
+                    )));
+                }
+            }
+            if !pg.data.join("recovery.signal").exists() {
+                return Err(fail("recovery.signal is gone: the server promoted"));
+            }
+            // 2. Barman back on the same port, PostgreSQL started again: recovery resumes.
+            sshd.restart()?;
+            let offset = log1.len();
+            let restarted = Instant::now();
+            pg.start()?;
+            pg.wait_promoted(st.get("ROWS"))?;
+            let resumed_in = restarted.elapsed();
+            let text = pg.log_text();
+            let log2 = text.get(offset..).unwrap_or("");
+            for needle in [
+                format!("restored log file \"{seg}\" from archive"),
+                "selected new timeline ID: 2".to_string(),
+                "archive recovery complete".to_string(),
+            ] {
+                if !log2.contains(&needle) {
+                    return Err(fail(format!(
+                        "after the restart the log lacks `{needle}`:\n{}",
+                        pg.log_tail()
+                    )));
+                }
+            }
+            let calls = fs::read_to_string(ctl.join("calls"))
+                .unwrap_or_default()
+                .lines()
+                .count();
+            eprintln!(
+                "FAULT-MATRIX | real stack: Barman's sshd stopped mid-way through an archive \
+                 recovery (PostgreSQL 15, recovery.signal, restore_command -p 0, default \
+                 --on-failure=auto) | 1 | call {call} for {seg} after {restored} segments \
+                 restored: exit 255, PostgreSQL stopped with FATAL {stopped_after:.1?} after the \
+                 outage, no promotion | restarted with Barman back on the same port: resumed at \
+                 {seg}, promoted to timeline 2 with the primary's {} rows in {resumed_in:.1?} \
+                 ({calls} restore_command calls in all)",
+                st.get("ROWS")
+            );
+            Ok(())
+        },
+    )
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1025,6 +1950,27 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
 
     // PostgreSQL 15 with restore_command = our binary (longest trials first).
     add(
+        "postgres::pitr_stops_when_barman_unreachable_then_resumes".into(),
+        Box::new(pitr_stops_when_barman_unreachable),
+    );
+    // Faults injected into the real sshd, and into our binary.
+    add(
+        "fault::sigkill_during_p8_fetch".into(),
+        Box::new(sigkill_during_p8_fetch),
+    );
+    add(
+        "fault::sshd_killed_mid_stream".into(),
+        Box::new(sshd_killed_mid_stream),
+    );
+    add(
+        "fault::sshd_stalled_mid_stream".into(),
+        Box::new(sshd_stalled_mid_stream),
+    );
+    add(
+        "fault::sshd_session_stalled_reconnects".into(),
+        Box::new(sshd_session_stalled_reconnects),
+    );
+    add(
         "postgres::standby_p8_keep_compression".into(),
         Box::new(|st| {
             let cmd = st.restore_command(
@@ -1036,14 +1982,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "standby-p8",
                 "standby.signal",
                 &format!("restore_command = '{cmd}'"),
-                |pg| {
-                    pg.wait_for(
-                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                        st.get("ROWS"),
-                        RECOVERY_TIMEOUT,
-                    )?;
-                    pg.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
-                },
+                |pg| pg.wait_standby_rows(st.get("ROWS")),
             )
         }),
     );
@@ -1056,14 +1995,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "standby-plain",
                 "standby.signal",
                 &format!("restore_command = '{cmd}'"),
-                |pg| {
-                    pg.wait_for(
-                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                        st.get("ROWS"),
-                        RECOVERY_TIMEOUT,
-                    )?;
-                    pg.wait_for("SELECT pg_is_in_recovery()", "t", Duration::from_secs(10))
-                },
+                |pg| pg.wait_standby_rows(st.get("ROWS")),
             )
         }),
     );
@@ -1076,12 +2008,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 st.get("TARGET_NAME")
             );
             with_cluster(st, "pitr-target", "recovery.signal", &conf, |pg| {
-                pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
-                pg.wait_for(
-                    &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                    st.get("TARGET_ROWS"),
-                    Duration::from_secs(10),
-                )?;
+                pg.wait_promoted(st.get("TARGET_ROWS"))?;
                 pg.expect_log("recovery stopping at restore point")?;
                 pg.expect_log("archive recovery complete")
             })
@@ -1098,12 +2025,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "recovery.signal",
                 &format!("restore_command = '{cmd}'"),
                 |pg| {
-                    pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
-                    pg.wait_for(
-                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                        st.get("ROWS"),
-                        Duration::from_secs(10),
-                    )?;
+                    pg.wait_promoted(st.get("ROWS"))?;
                     pg.expect_log("selected new timeline ID: 2")?;
                     pg.expect_log("archive recovery complete")
                 },
@@ -1128,12 +2050,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "recovery.signal",
                 &format!("restore_command = '{cmd}'"),
                 |pg| {
-                    pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
-                    pg.wait_for(
-                        &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                        st.get("ROWS"),
-                        Duration::from_secs(10),
-                    )?;
+                    pg.wait_promoted(st.get("ROWS"))?;
                     pg.expect_log("archive recovery complete")?;
                     // every segment the base backup needs (from its own on) was read directly
                     let segs = st.list("WAL_SEGMENTS");
@@ -1158,12 +2075,7 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
             );
             let conf = format!("restore_command = '{cmd}'\nrecovery_target_timeline = 'latest'");
             with_cluster(st, "pitr-tl", "recovery.signal", &conf, |pg| {
-                pg.wait_for("SELECT pg_is_in_recovery()", "f", RECOVERY_TIMEOUT)?;
-                pg.wait_for(
-                    &format!("SELECT count(*) FROM {}", st.get("PG_TABLE")),
-                    st.get("TL_ROWS"),
-                    Duration::from_secs(10),
-                )?;
+                pg.wait_promoted(st.get("TL_ROWS"))?;
                 pg.expect_log("selected new timeline ID: 3")
             })
         }),
