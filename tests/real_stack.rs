@@ -1050,6 +1050,23 @@ impl<'a> Pg<'a> {
         }
     }
 
+    /// The spool `@SPOOL@` stands for in this cluster's restore_command.
+    fn spool(&self) -> PathBuf {
+        self.st.dir.join("spool").join(&self.name)
+    }
+
+    fn stop(&self) -> TestResult {
+        run(
+            Command::new("bash")
+                .arg(stack_script())
+                .arg("pg-stop")
+                .arg(&self.st.dir)
+                .arg(&self.data),
+            Duration::from_secs(90),
+        )?
+        .expect_code(0)
+    }
+
     fn stop_and_remove(&self) {
         let _ = run(
             Command::new("bash")
@@ -1061,6 +1078,53 @@ impl<'a> Pg<'a> {
         );
         let _ = fs::remove_dir_all(&self.data);
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// --async workers
+
+/// Live `--async` workers serving `spool` (found by their command line).
+fn async_workers(spool: &Path) -> Vec<Proc> {
+    let spool = spool.to_string_lossy();
+    fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                        let args: Vec<String> = c
+                            .split(|b| *b == 0)
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .collect();
+                        args.iter().any(|a| a == "--async-worker")
+                            && args.iter().any(|a| a == spool.as_ref())
+                    })
+                })
+                .filter_map(read_proc)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// After PostgreSQL stopped asking: the spool's worker leaves once its idle time has passed,
+/// having used one connection, and nothing but bookkeeping and complete segments is left.
+fn expect_worker_gone(spool: &Path, idle: Duration) -> TestResult {
+    wait_until(
+        idle + Duration::from_secs(30),
+        "the --async worker to leave",
+        || Ok(async_workers(spool).is_empty().then_some(())),
+    )?;
+    let log = fs::read_to_string(spool.join(".bwr-worker.log")).unwrap_or_default();
+    let exits: Vec<&str> = log.lines().filter(|l| l.contains(" exiting (")).collect();
+    if exits.is_empty() || !exits.iter().all(|l| l.contains("1 connection(s)")) {
+        return Err(fail(format!(
+            "worker log: every worker should exit after one connection:\n{log}"
+        )));
+    }
+    if !exits.iter().any(|l| l.contains("no request for")) {
+        return Err(fail(format!("worker log: no idle exit:\n{log}")));
+    }
+    Ok(())
 }
 
 /// Run a recovery scenario; the cluster is stopped (and its data removed on success) afterwards.
@@ -1983,6 +2047,53 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 "standby.signal",
                 &format!("restore_command = '{cmd}'"),
                 |pg| pg.wait_standby_rows(st.get("ROWS")),
+            )
+        }),
+    );
+    add(
+        "postgres::archive_recovery_async_p8".into(),
+        Box::new(|st| {
+            // A PITR to the end of the archive through --async: the worker keeps the spool
+            // ahead of replay; once the server promoted and stopped asking, it leaves.
+            let cmd = st.restore_command(
+                &st.config("zstd"),
+                "--async --async-idle 3 -p 8 --keep-compression --spool-dir @SPOOL@",
+            );
+            with_cluster(
+                st,
+                "pitr-async",
+                "recovery.signal",
+                &format!("restore_command = '{cmd}'"),
+                |pg| {
+                    pg.wait_promoted(st.get("ROWS"))?;
+                    pg.expect_log("archive recovery complete")?;
+                    expect_worker_gone(&pg.spool(), Duration::from_secs(3))
+                },
+            )
+        }),
+    );
+    add(
+        "postgres::standby_async_direct_read".into(),
+        Box::new(|st| {
+            // A standby through --async --direct-read: it reaches the primary's rows and keeps
+            // asking at the archive's head; after the server stops, the worker leaves.
+            let cmd = st.restore_command(
+                &st.config("gzip"),
+                "--async --async-idle 3 --direct-read -p 4 --spool-dir @SPOOL@",
+            );
+            with_cluster(
+                st,
+                "standby-async",
+                "standby.signal",
+                &format!("restore_command = '{cmd}'"),
+                |pg| {
+                    pg.wait_standby_rows(st.get("ROWS"))?;
+                    if async_workers(&pg.spool()).len() != 1 {
+                        return Err(fail("one --async worker serves a running standby"));
+                    }
+                    pg.stop()?;
+                    expect_worker_gone(&pg.spool(), Duration::from_secs(3))
+                },
             )
         }),
     );
