@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use barman_wal_restore::embedded_barman::{
     ArchiveSpec, FaultRule, Faults, StoredCompression, StreamFault, Target,
 };
+use barman_wal_restore::fetch::MAX_STREAMS;
 use common::*;
 use rand::Rng;
 
@@ -539,7 +540,8 @@ fn sigterm_and_sigint_during_a_transfer_remove_temp_files() {
                     .args(["-p", parallel])
                     .spawn(&seg(0), &work.dest());
                 // Every transfer streaming (the requested one, and with -p 8
-                // all seven prefetches): data in every temp file, so none is
+                // the prefetches one session streams at once): data in every
+                // temp file, so none is
                 // being created when the signal lands (that race has a test
                 // of its own).
                 let streaming = |dir: &Path, count: usize| {
@@ -550,7 +552,8 @@ fn sigterm_and_sigint_during_a_transfer_remove_temp_files() {
                             .all(|f| fs::metadata(dir.join(f)).is_ok_and(|m| m.len() > 0))
                 };
                 let writing = wait_until(Duration::from_secs(10), || {
-                    streaming(&work.pg_wal, 1) && (parallel == "0" || streaming(&work.spool, 7))
+                    streaming(&work.pg_wal, 1)
+                        && (parallel == "0" || streaming(&work.spool, MAX_STREAMS - 1))
                 });
                 assert!(writing, "the transfer never started");
                 running.signal(signal);
