@@ -226,6 +226,17 @@ pub fn serve_from_spool(args: &RestoreArgs) -> Option<i32> {
 
 async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
     let checked = check_locally(args)?;
+    if checked.wal.kind() == WalKind::History && checked.wal.timeline() == 1 {
+        // PostgreSQL writes a history file only when it creates a timeline,
+        // and timeline 1 is never created that way: no archive has this
+        // file. PostgreSQL still asks for it at the end of every archive
+        // recovery from timeline 1; answering here saves a connection and a
+        // Barman start-up on that critical path.
+        return Err(Failure::NotFound(format!(
+            "WAL file '{}' cannot exist: timeline 1 has no history file",
+            checked.wal
+        )));
+    }
     if take_from_spool(&checked)? {
         return Ok(Outcome::FromSpool);
     }

@@ -452,6 +452,25 @@ fn a_missing_wal_exits_1_with_and_without_parallel() {
     }
 }
 
+/// `00000001.history` cannot exist (timeline 1 is never created by a
+/// switch), yet PostgreSQL asks for it at the end of every archive recovery:
+/// exit 1 at once, in archive recovery too, without connecting.
+#[test]
+fn the_history_of_timeline_1_is_missing_without_asking() {
+    let barman = server(spec(StoredCompression::Zstd, 2));
+    let work = Work::new();
+    let datadir = work.path().join("data");
+    fs::create_dir(&datadir).unwrap();
+    fs::write(datadir.join("recovery.signal"), "").unwrap();
+    let out = Call::new(&barman, &work)
+        .cwd(&datadir)
+        .run("00000001.history", &work.dest());
+    out.assert_code(1);
+    out.assert_one_error(&["00000001.history", "timeline 1"]);
+    assert_eq!(barman.stats().connections, 0);
+    assert!(!work.dest().exists());
+}
+
 /// `-P` fetches a `.partial` (the streaming segment) with and without `-p`;
 /// the original never does with `-p`. Without `-P` it is missing.
 #[test]
