@@ -10,6 +10,9 @@
 #             without and with --keep-compression)
 #   cm        ours vs Python through OpenSSH ControlMaster (ControlPersist 60), -p 8
 #   p32       ours alone at -p 32 (zero failed calls required)
+#   async     -p 8 --keep-compression with --async off,on and --direct-read off,on, calls spaced by
+#             an emulated replay (BWR_BENCH_REPLAY_MS, default 100 ms per segment), Python beside
+#             (not in the default list: run it by name)
 # Each step writes OUTDIR/<step>.txt (the table) and OUTDIR/<step>.json; OUTDIR/env.txt records the
 # machine, the archive, and per step the load and how busy the CPUs were. Before each step the
 # script waits (at most BWR_BENCH_QUIET_WAIT seconds, default 900) for the 1-minute load average to
@@ -29,6 +32,7 @@ BENCH="$ROOT/target/release/barman-wal-bench"
 RESTORE="$ROOT/target/release/barman-wal-restore"
 COUNT=${BWR_BENCH_COUNT:-64}
 SEGMENTS=${BWR_BENCH_SEGMENTS:-70}
+REPLAY_MS=${BWR_BENCH_REPLAY_MS:-100}
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -199,6 +203,8 @@ for s in $STEPS; do
     case $s in
         p0|p8|p16) step "$s" bench "$s" -p "${s#p}" --keep-compression on,off --direct-read off,on --compare "$PY" ;;
         p32) step p32 bench p32 -p 32 --keep-compression on,off --direct-read off,on ;;
+        async) step async bench async -p 8 --keep-compression on --direct-read off,on --async off,on \
+                   --replay-ms "$REPLAY_MS" --compare "$PY" ;;
         cm) step cm bench cm -p 8 --keep-compression on,off --direct-read off,on --compare "$PY_CM"; cm_stop ;;
         floor) step floor floor ;;
         *) die "unknown step $s" ;;
