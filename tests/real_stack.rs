@@ -1924,7 +1924,19 @@ exec {argv} "$1" "$2"
             wait_until(
                 Duration::from_secs(120),
                 "PostgreSQL to stop on the fatal restore_command status",
-                || Ok((!pg.running()).then_some(())),
+                || {
+                    let log = pg.log_text();
+                    if let Some(end) = ["selected new timeline ID", "archive recovery complete"]
+                        .into_iter()
+                        .find(|l| log.contains(l))
+                    {
+                        return Err(fail(format!(
+                            "recovery ended early although Barman was unreachable (`{end}`):\n{}",
+                            pg.log_tail()
+                        )));
+                    }
+                    Ok((!pg.running()).then_some(()))
+                },
             )?;
             let stopped_after = released.elapsed();
             let log1 = pg.log_text();
