@@ -20,9 +20,9 @@ use crate::spool::{self, Spool};
 use crate::ssh::{Session, SessionStats, SshTarget};
 use crate::wal::{WalKind, WalName};
 
-/// How many times a call connects (or reconnects after the session broke
-/// mid-transfer) before it reports a connection failure.
-const CONNECT_ATTEMPTS: u32 = 3;
+/// How many times a call tries to connect before it reports a connection
+/// failure (a reconnect after a session broke mid-transfer tries once).
+pub(crate) const CONNECT_ATTEMPTS: u32 = 3;
 const SESSION_ATTEMPTS: u32 = 2;
 
 /// What a successful call did.
@@ -275,8 +275,27 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
         &args.connection.connect_options(&args.barman_host),
     )?);
     let mut session_attempt = 1;
+    let mut broke: Option<Failure> = None;
     loop {
-        let fetcher = connect(args, &target, &server, spool.as_ref(), stats).await?;
+        // The first connection gets the bounded retries; a reconnect after a
+        // session that broke or stalled mid-transfer gets one try, so a hung
+        // host costs --io-timeout plus one --connect-timeout, not three.
+        let attempts = if broke.is_some() { 1 } else { CONNECT_ATTEMPTS };
+        let fetcher = match connect(args, &target, &server, spool.as_ref(), stats, attempts).await {
+            Ok(fetcher) => fetcher,
+            // Say what broke first: the reconnect's own failure alone would
+            // hide that a transfer was cut.
+            Err(again) => {
+                return Err(match broke {
+                    Some(first) => Failure::Connection(format!(
+                        "{}; reconnecting failed: {}",
+                        first.message(),
+                        again.message()
+                    )),
+                    None => again,
+                })
+            }
+        };
         let result =
             fetch_with_prefetch(&fetcher, &wal, &dest, spool.as_ref(), args.parallel).await;
         fetcher.session().close().await;
@@ -286,6 +305,7 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
                     eprintln!("WARNING: {failure}; reconnecting");
                 }
                 session_attempt += 1;
+                broke = Some(failure);
             }
             other => return other,
         }
@@ -312,15 +332,11 @@ pub(crate) async fn connect(
     server: &BarmanServer,
     spool: Option<&Spool>,
     stats: &Arc<SessionStats>,
+    attempts: u32,
 ) -> Result<Arc<Fetcher>, Failure> {
     let session = Arc::new(
-        Session::connect_with_retries(
-            target.clone(),
-            stats.clone(),
-            CONNECT_ATTEMPTS,
-            args.verbose,
-        )
-        .await?,
+        Session::connect_with_retries(target.clone(), stats.clone(), attempts, args.verbose)
+            .await?,
     );
     let fetcher = Arc::new(Fetcher::new(session, server.clone(), fetch_options(args)));
     if args.direct_read {

@@ -298,6 +298,7 @@ impl Worker<'_> {
             &self.server,
             Some(&self.spool),
             &self.stats,
+            restore::CONNECT_ATTEMPTS,
         )
         .await;
         match connected {

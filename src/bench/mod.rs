@@ -15,7 +15,7 @@ pub mod runner;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -212,12 +212,10 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     for &(label, program, setting) in &runs {
         bar.set_message(format!("{label} -p {}", setting.parallel));
         let before = target.embedded.as_ref().map(|b| b.stats());
-        let started = Instant::now();
         let run = runner::run_calls(program, &names, &work, setting, replay, &mut oracle, || {
             bar.inc(1)
         })
         .map_err(|e| format!("running {label}: {e}"))?;
-        let wall = started.elapsed().as_secs_f64();
         let server_counts = match (&target.embedded, before) {
             (Some(b), Some(before)) => {
                 let after = b.stats();
@@ -228,7 +226,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
             }
             _ => None,
         };
-        summaries.push(Summary::new(label, setting, wall, run, server_counts));
+        summaries.push(Summary::new(label, setting, run, server_counts));
     }
     bar.finish_and_clear();
     let report = BenchReport {

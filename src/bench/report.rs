@@ -70,11 +70,14 @@ impl Summary {
     pub fn new(
         program: &str,
         setting: Setting,
-        wall_seconds: f64,
         run: Run,
         server_counts: Option<(u64, u64)>,
     ) -> Summary {
-        let Run { records, worker } = run;
+        let Run {
+            wall_seconds,
+            records,
+            worker,
+        } = run;
         let bytes: u64 = records.iter().map(|r| r.bytes).sum();
         let ok = records.iter().filter(|r| r.status == 0).count();
         let sum_opt = |f: fn(&CallRecord) -> Option<u64>| -> Option<u64> {

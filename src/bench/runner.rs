@@ -49,6 +49,9 @@ pub struct WorkerRecord {
 /// The calls of one setting, and the worker's costs if one ran.
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// From the first call's start to the last call's end (not counting
+    /// the wait for the worker to leave).
+    pub wall_seconds: f64,
     pub records: Vec<CallRecord>,
     pub worker: Option<WorkerRecord>,
 }
@@ -202,6 +205,7 @@ pub fn run_calls(
     let stats_file = run_dir.path().join("stats");
     let worker_stats = run_dir.path().join("stats.worker");
     let mut records = Vec::with_capacity(names.len());
+    let started = Instant::now();
     for (i, wal) in names.iter().enumerate() {
         if i > 0 && !replay.is_zero() {
             std::thread::sleep(replay);
@@ -277,25 +281,34 @@ pub fn run_calls(
         });
         progress();
     }
+    let wall_seconds = started.elapsed().as_secs_f64();
     let worker = setting
         .async_mode
         .then(|| stop_worker(&spool, &worker_stats))
         .flatten();
-    Ok(Run { records, worker })
+    Ok(Run {
+        wall_seconds,
+        records,
+        worker,
+    })
 }
 
 /// Removes the run's spool, which makes its `--async` worker leave, and
 /// reads what the worker wrote on its way out.
 fn stop_worker(spool: &Path, stats: &Path) -> Option<WorkerRecord> {
-    let _ = std::fs::remove_dir_all(spool);
     let deadline = Instant::now() + WORKER_EXIT_WAIT;
     loop {
+        // The worker may create a temp file while the directory is being
+        // emptied (remove_dir_all then fails): try again until it is gone.
+        if spool.exists() {
+            let _ = std::fs::remove_dir_all(spool);
+        }
         if let Ok(text) = std::fs::read_to_string(stats) {
             let n: Vec<f64> = text
                 .split_whitespace()
                 .filter_map(|w| w.parse().ok())
                 .collect();
-            if n.len() >= 5 {
+            if n.len() >= 5 && !spool.exists() {
                 return Some(WorkerRecord {
                     connections: n[0] as u64,
                     channels: n[1] as u64,
