@@ -291,7 +291,11 @@ pub fn decode_stream<R: Read + Send>(
     let mut buf = vec![0u8; 128 << 10];
     let mut head = Vec::with_capacity(HEAD_LEN);
     let mut bytes_out = 0u64;
-    let mut checker = matches!(kind, WalKind::Segment | WalKind::Partial).then(RecordChecker::new);
+    let mut checker = match kind {
+        WalKind::Segment => Some(RecordChecker::new()),
+        WalKind::Partial => Some(RecordChecker::for_partial()),
+        WalKind::History | WalKind::Backup => None,
+    };
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,

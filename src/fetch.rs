@@ -247,7 +247,13 @@ impl Fetcher {
         let (temp, file) = TempFile::create_in(dir, wal.as_str()).map_err(local)?;
         let output = file.try_clone().map_err(local)?;
         let mut exec = self.exec(command).await.map_err(StreamEnd::Failed)?;
-        let mut sink = DecodeSink::start(output, wal.kind());
+        // With -P, Barman answers a missing segment with its `.partial`:
+        // check the bytes as such.
+        let content = match wal.kind() {
+            WalKind::Segment if self.options.partial => WalKind::Partial,
+            kind => kind,
+        };
+        let mut sink = DecodeSink::start(output, content);
         let streamed = async {
             while let Some(chunk) = exec.next_stdout().await? {
                 if !sink.feed(chunk).await {

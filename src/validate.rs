@@ -164,6 +164,8 @@ pub struct RecordChecker {
     crc: u32,
     records: u64,
     error: Option<String>,
+    /// See [`RecordChecker::for_partial`].
+    recycled_tail_ends_wal: bool,
 }
 
 impl Default for RecordChecker {
@@ -185,6 +187,19 @@ impl RecordChecker {
             crc: 0,
             records: 0,
             error: None,
+            recycled_tail_ends_wal: false,
+        }
+    }
+
+    /// For a `.partial` (or a segment fetched with `-P`, which Barman may
+    /// answer with its `.partial`): a page left from an older segment the
+    /// file was recycled from ends the WAL instead of failing the check.
+    /// Only there: in a complete archived segment such a page is damage (a
+    /// flipped bit in a page address could otherwise stop the walk early).
+    pub fn for_partial() -> RecordChecker {
+        RecordChecker {
+            recycled_tail_ends_wal: true,
+            ..RecordChecker::new()
         }
     }
 
@@ -248,6 +263,20 @@ impl RecordChecker {
             // file streamed up to here (a segment fetched with `-P` may be
             // one). PostgreSQL reads it as the end of WAL too.
             Some(_) if magic == 0 && address == 0 => self.state = RecordState::Done,
+            // A page left from an older segment this file was recycled from:
+            // the same place in a segment some whole number of segments
+            // earlier (every segment size is a multiple of 1 MiB). A `.partial`
+            // that PostgreSQL renamed at a promotion looks like this after its
+            // last record, and PostgreSQL reads it as the end of WAL
+            // ("unexpected pageaddr"), not as damage.
+            Some(first)
+                if self.recycled_tail_ends_wal
+                    && magic == first
+                    && address < self.first_address + page_start
+                    && (self.first_address + page_start - address).is_multiple_of(1 << 20) =>
+            {
+                self.state = RecordState::Done;
+            }
             Some(first) => {
                 let expected = self.first_address + page_start;
                 if magic != first || address != expected {
@@ -418,7 +447,10 @@ mod tests {
     }
 
     fn walk(bytes: &[u8], chunk: usize) -> Result<u64, String> {
-        let mut checker = RecordChecker::new();
+        walk_with(RecordChecker::new(), bytes, chunk)
+    }
+
+    fn walk_with(mut checker: RecordChecker, bytes: &[u8], chunk: usize) -> Result<u64, String> {
         for piece in bytes.chunks(chunk) {
             checker.feed(piece);
         }
@@ -433,6 +465,28 @@ mod tests {
         for chunk in [1, 7, 24, 8191, 8192, 65536] {
             assert_eq!(walk(&bytes, chunk), Ok(whole), "chunk {chunk}");
         }
+    }
+
+    /// In a `.partial`, the tail of a recycled file (pages of a segment two
+    /// earlier, at the same offsets) ends the WAL as it does for PostgreSQL;
+    /// a page from a later segment, or one shifted inside a segment, is
+    /// damage; in a complete segment, the recycled tail is damage too.
+    #[test]
+    fn a_recycled_tail_is_the_end_of_wal_not_damage() {
+        let bytes = generated(5);
+        let cut = 8192 * 40;
+        let mut recycled = bytes.clone();
+        recycled[cut..].copy_from_slice(&generated(3)[cut..]);
+        let partial = |b: &[u8]| walk_with(RecordChecker::for_partial(), b, 65536);
+        let records = partial(&recycled).expect("a recycled tail ends the WAL");
+        assert!(records > 10 && records < walk(&bytes, 65536).unwrap());
+        assert!(walk(&recycled, 65536).is_err(), "not in a complete segment");
+        let mut later = bytes.clone();
+        later[cut..].copy_from_slice(&generated(7)[cut..]);
+        assert!(partial(&later).is_err(), "pages of a later segment");
+        let mut shifted = bytes.clone();
+        shifted[cut..cut + 8192].copy_from_slice(&bytes[cut - 8192..cut]);
+        assert!(partial(&shifted).is_err(), "a page one page early");
     }
 
     #[test]
