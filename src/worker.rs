@@ -267,11 +267,7 @@ impl Worker<'_> {
         for wal in taken {
             self.delivered.remove(&wal);
             self.last_activity = Instant::now();
-            let ahead = self
-                .cursor
-                .as_ref()
-                .is_none_or(|c| wal.timeline() == c.timeline() && wal.position() > c.position());
-            if ahead {
+            if self.cursor.as_ref().is_none_or(|c| follows(&wal, c)) {
                 self.move_cursor(&wal);
             }
         }
@@ -333,7 +329,7 @@ impl Worker<'_> {
         let ahead: Vec<WalName> = self
             .listing
             .iter()
-            .filter(|n| n.timeline() == cursor.timeline() && n.position() > cursor.position())
+            .filter(|n| follows(n, &cursor))
             .take(self.window)
             .cloned()
             .collect();
@@ -384,13 +380,7 @@ impl Worker<'_> {
                         self.served += 1;
                         // Its callers take it from the spool; until they withdraw
                         // their requests, those must not start it again.
-                        let served: Vec<String> = self
-                            .pending
-                            .iter()
-                            .filter(|(_, w)| **w == wal)
-                            .map(|(t, _)| t.clone())
-                            .collect();
-                        for token in served {
+                        for token in self.waiting_for(&wal) {
                             self.pending.remove(&token);
                             self.delivered_for
                                 .insert(token, (wal.clone(), Instant::now()));
@@ -407,11 +397,7 @@ impl Worker<'_> {
                         self.at_head = names.len() < count;
                         let mut listing: Vec<WalName> = names
                             .into_iter()
-                            .filter(|n| {
-                                n.is_segment()
-                                    && n.timeline() == from.timeline()
-                                    && n.position() > from.position()
-                            })
+                            .filter(|n| n.is_segment() && follows(n, &from))
                             .collect();
                         listing.sort_by_key(|n| n.position());
                         self.listing = listing;
@@ -430,12 +416,7 @@ impl Worker<'_> {
     }
 
     fn transfer_failed(&mut self, wal: WalName, failure: Failure) {
-        let waiting: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, w)| **w == wal)
-            .map(|(t, _)| t.clone())
-            .collect();
+        let waiting = self.waiting_for(&wal);
         if waiting.is_empty() || self.args.verbose {
             log(&format!("{wal}: {failure}"));
         }
@@ -450,6 +431,15 @@ impl Worker<'_> {
             self.drop_session();
         }
         self.failed.insert(wal, Instant::now());
+    }
+
+    /// The pending requests for `wal`.
+    fn waiting_for(&self, wal: &WalName) -> Vec<String> {
+        self.pending
+            .iter()
+            .filter(|(_, w)| *w == wal)
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     fn drop_session(&mut self) {
@@ -486,6 +476,12 @@ fn write_stats(stats: &SessionStats) {
         restore::peak_rss_kib()
     );
     let _ = std::fs::write(path, line);
+}
+
+/// Whether `wal` comes after `cursor` on its timeline: what the window
+/// may hold once PostgreSQL is at `cursor`.
+fn follows(wal: &WalName, cursor: &WalName) -> bool {
+    wal.timeline() == cursor.timeline() && wal.position() > cursor.position()
 }
 
 /// One line on the worker's log (its stderr), with the local time: the
