@@ -11,7 +11,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use barman_wal_restore::embedded_barman::{
-    EmbeddedBarman, FaultRule, Faults, StoredCompression, StreamFault, Target,
+    EmbeddedBarman, FaultRule, StoredCompression, StreamFault, Target,
 };
 use common::*;
 
@@ -178,9 +178,7 @@ fn hundreds_of_calls_share_the_workers_one_connection() {
 fn a_missing_segment_is_not_available_even_in_archive_recovery() {
     let barman = server(spec(StoredCompression::Gzip, 3));
     let work = Work::new();
-    let datadir = work.path().join("data");
-    fs::create_dir(&datadir).unwrap();
-    fs::write(datadir.join("recovery.signal"), "").unwrap();
+    let datadir = data_dir(&work, &["recovery.signal"]);
     let call = async_call(&barman, &work, 4, 1).cwd(&datadir);
     call.run(&seg(0), &work.dest()).assert_code(0);
     let out = call.run(&seg(3), &work.dest());
@@ -222,10 +220,11 @@ fn a_failed_worker_transfer_falls_back_to_a_direct_fetch() {
         StreamFault::DropConnectionAfter(200_000),
         StreamFault::FlipBitAt(300_000),
     ] {
-        let faults = Faults {
-            rules: vec![FaultRule::times(1, Target::Wal(seg(0)), fault.clone())],
-            ..Faults::default()
-        };
+        let faults = rules(vec![FaultRule::times(
+            1,
+            Target::Wal(seg(0)),
+            fault.clone(),
+        )]);
         let barman = server_with(spec(StoredCompression::None, 4), faults);
         let archive = barman.archive();
         let work = Work::new();
@@ -246,13 +245,10 @@ fn a_failed_worker_transfer_falls_back_to_a_direct_fetch() {
 /// final name, and the next call starts a new worker and gets its file.
 #[test]
 fn a_killed_worker_is_replaced_and_nothing_is_lost() {
-    let faults = Faults {
-        rules: vec![FaultRule::always(
-            Target::AllTransfers,
-            StreamFault::DelayPerChunk(Duration::from_millis(20)),
-        )],
-        ..Faults::default()
-    };
+    let faults = rules(vec![FaultRule::always(
+        Target::AllTransfers,
+        StreamFault::DelayPerChunk(Duration::from_millis(20)),
+    )]);
     let barman = server_with(spec(StoredCompression::None, 6), faults);
     let archive = barman.archive();
     let work = Work::new();

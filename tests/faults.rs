@@ -16,18 +16,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use barman_wal_restore::embedded_barman::{
-    ArchiveSpec, FaultRule, Faults, StoredCompression, StreamFault, Target,
+    ArchiveSpec, FaultRule, StoredCompression, StreamFault, Target,
 };
 use barman_wal_restore::fetch::MAX_STREAMS;
 use common::*;
 use rand::Rng;
-
-fn rules(rules: Vec<FaultRule>) -> Faults {
-    Faults {
-        rules,
-        ..Faults::default()
-    }
-}
 
 // ---------------------------------------------------------------------------
 // SIGKILL at random points
@@ -732,16 +725,6 @@ fn free_bytes(dir: &Path) -> u64 {
 // ---------------------------------------------------------------------------
 // Archive recovery: the failure policy
 // ---------------------------------------------------------------------------
-
-/// A fake PostgreSQL data directory with the given signal files.
-fn data_dir(work: &Work, signals: &[&str]) -> std::path::PathBuf {
-    let dir = work.path().join("data");
-    fs::create_dir_all(&dir).unwrap();
-    for signal in signals {
-        fs::write(dir.join(signal), b"").unwrap();
-    }
-    dir
-}
 
 /// In archive recovery (`recovery.signal` alone) any failure that is not
 /// Barman's confirmed "not found" stops recovery with 255 instead of ending

@@ -459,9 +459,7 @@ fn a_missing_wal_exits_1_with_and_without_parallel() {
 fn the_history_of_timeline_1_is_missing_without_asking() {
     let barman = server(spec(StoredCompression::Zstd, 2));
     let work = Work::new();
-    let datadir = work.path().join("data");
-    fs::create_dir(&datadir).unwrap();
-    fs::write(datadir.join("recovery.signal"), "").unwrap();
+    let datadir = data_dir(&work, &["recovery.signal"]);
     let out = Call::new(&barman, &work)
         .cwd(&datadir)
         .run("00000001.history", &work.dest());

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use barman_wal_restore::embedded_barman::{
-    Archive, ArchiveSpec, BackgroundBarman, EmbeddedBarman, EmbeddedConfig, Faults,
+    Archive, ArchiveSpec, BackgroundBarman, EmbeddedBarman, EmbeddedConfig, FaultRule, Faults,
     StoredCompression,
 };
 
@@ -61,6 +61,26 @@ pub fn server_with(spec: ArchiveSpec, faults: Faults) -> BackgroundBarman {
         ..EmbeddedConfig::default()
     })
     .expect("embedded Barman starts")
+}
+
+/// Faults made of these rules alone.
+pub fn rules(rules: Vec<FaultRule>) -> Faults {
+    Faults {
+        rules,
+        ..Faults::default()
+    }
+}
+
+/// A fake PostgreSQL data directory (`work/data`) with the given signal
+/// files: PostgreSQL runs restore_command there, and the call reads its
+/// recovery mode from them.
+pub fn data_dir(work: &Work, signals: &[&str]) -> PathBuf {
+    let dir = work.path().join("data");
+    fs::create_dir_all(&dir).unwrap();
+    for signal in signals {
+        fs::write(dir.join(signal), b"").unwrap();
+    }
+    dir
 }
 
 /// Starts an embedded Barman serving `spec`, no faults.
