@@ -319,12 +319,13 @@ impl Fetcher {
     }
 
     /// Learns the archive layout for `--direct-read`: from the cache when
-    /// fresh, else from `barman show-server`. Without a layout, every file
-    /// goes through get-wal.
-    pub async fn learn_layout(&self, cache: Option<PathBuf>) {
+    /// fresh, else (when `ask_barman`) from `barman show-server`. Without a
+    /// layout, every file goes through get-wal.
+    pub async fn learn_layout(&self, cache: Option<PathBuf>, ask_barman: bool) {
         let cached = cache.as_deref().and_then(direct::load_cache);
         let state = match cached {
             Some(state) => state,
+            None if !ask_barman => return,
             None => {
                 let command = direct::show_server_command(&self.server);
                 let answer = match self.exec(&command).await {

@@ -215,6 +215,15 @@ pub fn start_worker(spool: &Spool) -> std::io::Result<()> {
     command.spawn().map(drop)
 }
 
+/// Starts a worker for `spool` unless one runs, without asking it for
+/// anything yet. Best effort: a worker that fails to start here is started
+/// again by the first request.
+pub fn start_worker_unless_running(spool: &Spool) {
+    if !worker_running(spool) {
+        let _ = start_worker(spool);
+    }
+}
+
 /// How a call's request to the worker ended.
 #[derive(Debug)]
 pub enum Handed {

@@ -250,6 +250,18 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
         spool,
     } = checked;
 
+    // History files stay direct, and never wait for a show-server. With
+    // --async, PostgreSQL asks for them just before a recovery's first
+    // segments: a worker started now connects and learns the layout while
+    // this call runs, and is ready when the first segment is asked for.
+    let layout = if wal.kind() == WalKind::History {
+        if let (true, Some(spool)) = (args.async_prefetch, &spool) {
+            handoff::start_worker_unless_running(spool);
+        }
+        LayoutSource::CacheOnly
+    } else {
+        LayoutSource::CacheOrBarman
+    };
     if args.async_prefetch && wal.is_segment() {
         if let Some(spool) = &spool {
             let timeout = Duration::from_secs(args.connection.io_timeout.max(1));
@@ -281,7 +293,16 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
         // session that broke or stalled mid-transfer gets one try, so a hung
         // host costs --io-timeout plus one --connect-timeout, not three.
         let attempts = if broke.is_some() { 1 } else { CONNECT_ATTEMPTS };
-        let fetcher = match connect(args, &target, &server, spool.as_ref(), stats, attempts).await {
+        let connected = connect(
+            args,
+            &target,
+            &server,
+            spool.as_ref(),
+            stats,
+            attempts,
+            layout,
+        );
+        let fetcher = match connected.await {
             Ok(fetcher) => fetcher,
             // Say what broke first: the reconnect's own failure alone would
             // hide that a transfer was cut.
@@ -324,6 +345,16 @@ fn fetch_options(args: &RestoreArgs) -> FetchOptions {
     }
 }
 
+/// Where a connection may learn the archive layout for `--direct-read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LayoutSource {
+    /// The spool's cache, else `barman show-server`.
+    CacheOrBarman,
+    /// The spool's cache only: for one small file, a `show-server` costs
+    /// the same Barman start-up as the `get-wal` it would save.
+    CacheOnly,
+}
+
 /// One session and a fetcher on it, with the archive layout learnt when
 /// `--direct-read` asks for it (the spool caches that answer).
 pub(crate) async fn connect(
@@ -333,6 +364,7 @@ pub(crate) async fn connect(
     spool: Option<&Spool>,
     stats: &Arc<SessionStats>,
     attempts: u32,
+    layout: LayoutSource,
 ) -> Result<Arc<Fetcher>, Failure> {
     let session = Arc::new(
         Session::connect_with_retries(target.clone(), stats.clone(), attempts, args.verbose)
@@ -347,7 +379,9 @@ pub(crate) async fn connect(
             server.name()
         );
         let cache = spool.map(|s| direct::cache_path(s.dir(), &key));
-        fetcher.learn_layout(cache).await;
+        fetcher
+            .learn_layout(cache, layout == LayoutSource::CacheOrBarman)
+            .await;
     }
     Ok(fetcher)
 }

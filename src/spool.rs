@@ -127,6 +127,15 @@ pub fn remove_dead_temp_files(dir: &Path) {
     }
 }
 
+/// A directory's device and inode, or `None` when it is not a directory
+/// (any more).
+pub fn identity(dir: &Path) -> Option<(u64, u64)> {
+    fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
 pub(crate) fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;

@@ -45,6 +45,14 @@ const PREFETCH_BACKOFF: Duration = Duration::from_secs(5);
 /// its request before the worker concludes another caller took it.
 const RACE_GRACE: Duration = Duration::from_millis(500);
 
+/// How long Barman's "not found" for a segment answers a new request for
+/// it without asking again, counted from when that get-wal started.
+/// PostgreSQL asks for the segment after the archive's end twice in a row
+/// when a recovery ends; a second Barman start-up would tell it nothing
+/// new. A standby polling the head asks every few seconds, and each of
+/// those gets a fresh answer.
+const MISS_REUSE: Duration = Duration::from_secs(1);
+
 /// After a failed connection attempt, the next one waits this long.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
@@ -54,13 +62,17 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What a background job reports.
 enum Done {
-    Transfer(WalName, Result<(), Failure>),
+    /// A transfer and when it started.
+    Transfer(WalName, Instant, Result<(), Failure>),
     Peek(WalName, usize, Result<Vec<WalName>, Failure>),
 }
 
 struct Worker<'a> {
     args: &'a RestoreArgs,
     spool: Spool,
+    /// The spool directory's device and inode: a directory made again at
+    /// the same path (a new recovery) is not this worker's spool.
+    spool_identity: (u64, u64),
     window: usize,
     idle: Duration,
     target: Arc<SshTarget>,
@@ -82,6 +94,9 @@ struct Worker<'a> {
     /// Segments this worker put in the spool and has not seen taken yet.
     delivered: HashSet<WalName>,
     failed: HashMap<WalName, Instant>,
+    /// Barman's latest "not found" per segment: when that get-wal started,
+    /// and what it said.
+    missing: HashMap<WalName, (Instant, String)>,
     /// Requests waiting for a segment, by token.
     pending: HashMap<String, WalName>,
     /// Requests answered whose files the caller has not yet withdrawn.
@@ -103,6 +118,10 @@ pub async fn run(args: &RestoreArgs) -> i32 {
             log(&format!("ERROR: {failure}"));
             return failure.exit_code();
         }
+    };
+    let Some(spool_identity) = spool::identity(spool.dir()) else {
+        log("ERROR: the spool vanished as the worker started");
+        return exit::SUCCESS;
     };
     let Some(_lock) = handoff::lock_as_worker(&spool, LOCK_PATIENCE) else {
         log("another worker serves this spool; leaving");
@@ -132,6 +151,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
     let mut worker = Worker {
         args,
         spool,
+        spool_identity,
         window: args.parallel.max(1),
         idle: Duration::from_secs(args.async_idle),
         target,
@@ -149,6 +169,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         last_peek: None,
         delivered: HashSet::new(),
         failed: HashMap::new(),
+        missing: HashMap::new(),
         pending: HashMap::new(),
         settled: HashSet::new(),
         delivered_for: HashMap::new(),
@@ -172,6 +193,9 @@ pub async fn run(args: &RestoreArgs) -> i32 {
 
 impl Worker<'_> {
     async fn serve(&mut self) -> String {
+        // Started because a call is about to ask: connect (and learn the
+        // layout) before the first request rather than after it.
+        self.ensure_session().await;
         loop {
             tokio::select! {
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
@@ -181,7 +205,7 @@ impl Worker<'_> {
                 }
                 _ = tokio::time::sleep(TICK) => {}
             }
-            if !self.spool.dir().is_dir() {
+            if spool::identity(self.spool.dir()) != Some(self.spool_identity) {
                 return "its spool is gone".into();
             }
             self.read_requests();
@@ -205,6 +229,8 @@ impl Worker<'_> {
 
     /// Picks up new requests; the newest one moves the cursor.
     fn read_requests(&mut self) {
+        self.missing
+            .retain(|_, (started, _)| started.elapsed() < MISS_REUSE);
         let requests = handoff::pending_requests(&self.spool);
         let seen: HashSet<&str> = requests.iter().map(|r| r.token.as_str()).collect();
         self.settled.retain(|t| seen.contains(t.as_str()));
@@ -295,10 +321,16 @@ impl Worker<'_> {
             Some(&self.spool),
             &self.stats,
             restore::CONNECT_ATTEMPTS,
+            restore::LayoutSource::CacheOrBarman,
         )
         .await;
         match connected {
-            Ok(fetcher) => self.fetcher = Some(fetcher),
+            Ok(fetcher) => {
+                if self.args.verbose {
+                    log("connected");
+                }
+                self.fetcher = Some(fetcher)
+            }
             Err(failure) => {
                 log(&format!("cannot connect: {failure}"));
                 self.next_connect = Instant::now() + RECONNECT_PAUSE;
@@ -319,7 +351,11 @@ impl Worker<'_> {
         };
         let requested: Vec<WalName> = self.pending.values().cloned().collect();
         for wal in requested {
-            if !self.in_flight.contains(&wal) && !self.spool.contains(&wal) {
+            if let Some((_, message)) = self.fresh_miss(&wal) {
+                for token in self.waiting_for(&wal) {
+                    self.settle(&token, Answer::Missing(message.clone()));
+                }
+            } else if !self.in_flight.contains(&wal) && !self.spool.contains(&wal) {
                 self.start_transfer(&fetcher, wal);
             }
         }
@@ -366,18 +402,26 @@ impl Worker<'_> {
         let fetcher = fetcher.clone();
         let dest = self.spool.path_of(&wal);
         self.jobs.spawn(async move {
+            let started = Instant::now();
             let result = fetcher.transfer(&wal, &dest).await.map(drop);
-            Done::Transfer(wal, result)
+            Done::Transfer(wal, started, result)
         });
     }
 
     fn finish(&mut self, done: Done) {
         match done {
-            Done::Transfer(wal, result) => {
+            Done::Transfer(wal, started, result) => {
                 self.in_flight.remove(&wal);
+                self.missing.remove(&wal);
                 match result {
                     Ok(()) => {
                         self.served += 1;
+                        if self.args.verbose {
+                            log(&format!(
+                                "{wal} ready in {} ms",
+                                started.elapsed().as_millis()
+                            ));
+                        }
                         // Its callers take it from the spool; until they withdraw
                         // their requests, those must not start it again.
                         for token in self.waiting_for(&wal) {
@@ -387,7 +431,12 @@ impl Worker<'_> {
                         }
                         self.delivered.insert(wal);
                     }
-                    Err(failure) => self.transfer_failed(wal, failure),
+                    Err(failure) => {
+                        if let Failure::NotFound(message) = &failure {
+                            self.missing.insert(wal.clone(), (started, message.clone()));
+                        }
+                        self.transfer_failed(wal, failure)
+                    }
                 }
             }
             Done::Peek(from, count, result) => {
@@ -431,6 +480,14 @@ impl Worker<'_> {
             self.drop_session();
         }
         self.failed.insert(wal, Instant::now());
+    }
+
+    /// Barman's "not found" for `wal`, if recent enough to answer with.
+    fn fresh_miss(&self, wal: &WalName) -> Option<(Instant, String)> {
+        self.missing
+            .get(wal)
+            .filter(|(started, _)| started.elapsed() < MISS_REUSE)
+            .cloned()
     }
 
     /// The pending requests for `wal`.
@@ -493,18 +550,23 @@ fn log(message: &str) {
 /// `YYYY-MM-DD HH:MM:SS` in local time. By hand through libc rather than a
 /// date crate: one format, one call site.
 fn local_time() -> String {
-    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let now = since_epoch.as_secs() as libc::time_t;
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
         return now.to_string();
     }
+    // Milliseconds: a request is answered in a few of them.
     format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
         tm.tm_year + 1900,
         tm.tm_mon + 1,
         tm.tm_mday,
         tm.tm_hour,
         tm.tm_min,
-        tm.tm_sec
+        tm.tm_sec,
+        since_epoch.subsec_millis()
     )
 }

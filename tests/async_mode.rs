@@ -332,3 +332,96 @@ fn a_worker_leaves_when_its_spool_disappears() {
         pids[0]
     );
 }
+
+/// A spool removed and made again at the same path (a new recovery with the
+/// same restore_command) is not the old worker's: it leaves rather than
+/// serve a directory it no longer owns.
+#[test]
+fn a_worker_leaves_when_its_spool_is_made_again() {
+    let barman = server(spec(StoredCompression::Lz4, 3));
+    let work = Work::new();
+    async_call(&barman, &work, 2, 600)
+        .run(&seg(0), &work.dest())
+        .assert_code(0);
+    let pids = worker_pids(&work);
+    assert_eq!(pids.len(), 1);
+    fs::remove_dir_all(&work.spool).unwrap();
+    fs::create_dir(&work.spool).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pids[0])),
+        "worker {} stayed on a spool made again",
+        pids[0]
+    );
+}
+
+/// The `get-wal` commands (not peeks) the embedded Barman ran for `wal`.
+fn get_wal_runs(barman: &EmbeddedBarman, wal: &str) -> usize {
+    barman
+        .stats()
+        .commands
+        .iter()
+        .filter(|c| c.contains("get-wal") && !c.contains("--peek") && c.contains(wal))
+        .count()
+}
+
+/// When a recovery ends, PostgreSQL asks for the segment past the archive's
+/// end twice in a row. The second ask gets Barman's "not found" from a
+/// moment ago instead of another Barman start-up; an ask a second later
+/// gets a fresh answer from Barman.
+#[test]
+fn a_miss_asked_again_at_once_reuses_barmans_answer() {
+    let barman = server(spec(StoredCompression::Gzip, 3));
+    let work = Work::new();
+    let call = async_call(&barman, &work, 2, 5);
+    call.run(&seg(0), &work.dest()).assert_code(0);
+    call.run(&seg(3), &work.dest()).assert_code(1);
+    let again = call.run(&seg(3), &work.dest());
+    again.assert_code(1);
+    again.assert_one_error(&[&seg(3), "not found"]);
+    assert_eq!(get_wal_runs(&barman, &seg(3)), 1, "{}", worker_log(&work));
+    // Past the reuse window (1 s) the answer is Barman's again. Time is the
+    // condition here, so this waits for time.
+    std::thread::sleep(Duration::from_millis(1100));
+    call.run(&seg(3), &work.dest()).assert_code(1);
+    assert_eq!(get_wal_runs(&barman, &seg(3)), 2, "{}", worker_log(&work));
+    remove_spool_and_wait(&work);
+}
+
+/// PostgreSQL asks for a history file just before a recovery's first
+/// segment. With --async that lookup (itself direct) starts the worker, which
+/// connects at once: the first segment finds it ready and the calls open no
+/// connection beyond the history lookup's and the worker's.
+#[test]
+fn a_history_lookup_starts_the_worker_ahead_of_the_first_segment() {
+    let barman = server(spec(StoredCompression::Zstd, 3));
+    let work = Work::new();
+    let call = async_call(&barman, &work, 2, 5);
+    call.run("00000002.history", &work.dest()).assert_code(1);
+    assert!(
+        wait_until(Duration::from_secs(10), || worker_log(&work)
+            .contains(" connected")),
+        "no worker connected after the history lookup; log:\n{}",
+        worker_log(&work)
+    );
+    let first = call.run(&seg(0), &work.dest());
+    first.assert_code(0);
+    assert!(
+        first.stderr.contains("delivered by the --async worker"),
+        "{}",
+        first.stderr
+    );
+    assert_delivered(barman.archive(), &work.dest(), &seg(0));
+    assert_eq!(barman.stats().connections, 2, "{}", worker_log(&work));
+    remove_spool_and_wait(&work);
+}
+
+/// Removes the spool, which sends its worker away, and waits (bounded)
+/// until every worker that served it has exited.
+fn remove_spool_and_wait(work: &Work) {
+    let pids = worker_pids(work);
+    fs::remove_dir_all(&work.spool).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || pids.iter().all(|p| !alive(*p))),
+        "workers {pids:?} outlived their spool"
+    );
+}
