@@ -11,9 +11,20 @@
 //! account that refuses `cat`) goes to `barman get-wal`: only Barman's own
 //! "not found" is a confirmed miss.
 //!
-//! Why exec `cat` and not SFTP: one exec channel per file is what the
-//! get-wal path already pipelines on the session; a russh-sftp subsystem
-//! would add a crate and a second protocol for the same bytes.
+//! Why exec `cat` and not SFTP (`scripts/measure-direct-read.sh`, real
+//! sshd, 32 stored segments over one connection): 8 at a time, as the
+//! prefetch runs, both take the same time (486 ms for `cat`, 447 ms for
+//! 8 SFTP sessions, within this machine's noise); one after another, SFTP
+//! saves the few ms of a remote `sh -c` per file. Not worth a second
+//! protocol and a crate for the same bytes, and a Barman host's sshd may
+//! have no SFTP subsystem at all (the real-stack sshd has none), where
+//! `cat` runs wherever `barman get-wal` does.
+//!
+//! Why peek with `ls` of one log's directory and not the server's
+//! xlog.db: the directory holds at most 256 names however large the
+//! archive; xlog.db has a line for every file ever archived (5.6 MB and
+//! 35 ms per read at 100 000 files, against 4 KB and 19 ms for `ls`, same
+//! script), and grows without bound.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
