@@ -115,6 +115,30 @@ fn custom_compression_is_asked_of_get_wal() {
     );
 }
 
+/// An encrypted WAL file (Barman's `encryption = gpg`) is read directly,
+/// found undecodable, and asked of get-wal, which decrypts it on the Barman
+/// host: the right bytes at %p, with no key on the standby.
+#[test]
+fn an_encrypted_file_is_asked_of_get_wal() {
+    let barman = server(spec(StoredCompression::Encrypted, 2));
+    let work = Work::new();
+    let out = Call::new(&barman, &work)
+        .args(["--direct-read", "-v"])
+        .run(&seg(0), &work.dest());
+    out.assert_code(0);
+    assert_delivered(barman.archive(), &work.dest(), &seg(0));
+    let commands = barman.stats().commands;
+    assert!(
+        commands.iter().any(|c| c.starts_with("cat ")),
+        "read directly first: {commands:?}"
+    );
+    let last = commands.last().unwrap();
+    assert!(
+        last.contains("get-wal") && !last.contains("--keep-compression"),
+        "Barman decrypts and decompresses: {commands:?}"
+    );
+}
+
 #[test]
 fn a_missing_file_is_confirmed_by_barman_before_exit_1() {
     let barman = server(spec(StoredCompression::Zstd, 2));

@@ -198,8 +198,8 @@ impl Archive {
         Ok(())
     }
 
-    /// Barman's `wals/xlog.db`: one `name\tsize\ttime\tcompression` line per
-    /// archived file, for the `show-server`/direct-read paths to come.
+    /// Barman's `wals/xlog.db`: one `name\tsize\ttime\tcompression\tencryption`
+    /// line per archived file, as Barman 3.19 writes it.
     fn write_xlog_db(&self) -> io::Result<()> {
         let mut db = String::new();
         let all = self
@@ -215,8 +215,12 @@ impl Archive {
                 .copied()
                 .unwrap_or(StoredCompression::None);
             let time = 1_700_000_000 + i as u64 * 60;
+            let encryption = match format {
+                StoredCompression::Encrypted => "gpg",
+                _ => "None",
+            };
             db.push_str(&format!(
-                "{name}\t{size}\t{time}.0\t{}\n",
+                "{name}\t{size}\t{time}.0\t{}\t{encryption}\n",
                 format.barman_name()
             ));
         }
@@ -433,6 +437,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut formats = StoredCompression::REAL.to_vec();
         formats.push(StoredCompression::Custom);
+        formats.push(StoredCompression::Encrypted);
         for (i, format) in formats.into_iter().enumerate() {
             let root = dir.path().join(format!("a{i}"));
             let archive =

@@ -24,6 +24,10 @@ pub enum StoredCompression {
     /// Barman's `custom` compression: bytes with no magic the client knows
     /// (here [`CUSTOM_HEADER`] followed by a zstd stream).
     Custom,
+    /// Barman's WAL encryption (`encryption = gpg`): an OpenPGP message
+    /// (here [`ENCRYPTED_HEADER`] followed by a zstd stream) that only the
+    /// Barman host can decrypt; get-wal sends it decrypted.
+    Encrypted,
     /// Rotate through [`StoredCompression::REAL`] segment by segment, so one
     /// archive mixes formats the way an archive whose setting changed does.
     Mixed,
@@ -32,6 +36,12 @@ pub enum StoredCompression {
 /// A header no client-side sniffer recognises; the server strips it and
 /// decodes the rest (zstd) when asked to decompress.
 pub const CUSTOM_HEADER: &[u8; 8] = b"EBCUSTOM";
+
+/// The start of an OpenPGP public-key-encrypted message as `gpg --encrypt`
+/// writes it (a PKESK packet, old format, tag 1, version 3), then a fake
+/// key id. The server strips it and decodes the rest (zstd): the emulation
+/// stands for a decryption the client cannot do.
+pub const ENCRYPTED_HEADER: &[u8; 12] = b"\x85\x01\x0c\x03EBCRYPT\x01";
 
 impl StoredCompression {
     /// The concrete formats [`StoredCompression::Mixed`] rotates through.
@@ -64,6 +74,9 @@ impl StoredCompression {
             StoredCompression::Lz4 => "lz4",
             StoredCompression::Snappy => "snappy",
             StoredCompression::Custom => "custom",
+            // xlog.db keeps the compression under the encryption; the
+            // emulation compresses with zstd before "encrypting".
+            StoredCompression::Encrypted => "zstd",
             StoredCompression::Mixed => "mixed",
         }
     }
@@ -74,6 +87,9 @@ impl StoredCompression {
         use crate::decode::{sniff_compression, Format};
         if head.starts_with(CUSTOM_HEADER) {
             return StoredCompression::Custom;
+        }
+        if head.starts_with(ENCRYPTED_HEADER) {
+            return StoredCompression::Encrypted;
         }
         match sniff_compression(head) {
             Some(Format::Gzip) => StoredCompression::Gzip,
@@ -127,6 +143,11 @@ impl StoredCompression {
                 out.extend(zstd::stream::encode_all(raw, 3)?);
                 Ok(out)
             }
+            StoredCompression::Encrypted => {
+                let mut out = ENCRYPTED_HEADER.to_vec();
+                out.extend(zstd::stream::encode_all(raw, 3)?);
+                Ok(out)
+            }
             StoredCompression::Mixed => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "Mixed is a rotation, not a format: use for_segment()",
@@ -149,14 +170,11 @@ impl StoredCompression {
             StoredCompression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(stored)),
             StoredCompression::Snappy => Box::new(snap::read::FrameDecoder::new(stored)),
             StoredCompression::Custom => {
-                let mut header = [0u8; CUSTOM_HEADER.len()];
-                stored.read_exact(&mut header)?;
-                if &header != CUSTOM_HEADER {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "custom header missing",
-                    ));
-                }
+                strip_header(&mut stored, CUSTOM_HEADER, "custom header missing")?;
+                Box::new(zstd::stream::read::Decoder::new(stored)?)
+            }
+            StoredCompression::Encrypted => {
+                strip_header(&mut stored, ENCRYPTED_HEADER, "OpenPGP header missing")?;
                 Box::new(zstd::stream::read::Decoder::new(stored)?)
             }
         })
@@ -168,6 +186,16 @@ impl StoredCompression {
         self.decoder(stored)?.read_to_end(&mut out)?;
         Ok(out)
     }
+}
+
+/// Reads `header` off the front of `stored`, or fails with `missing`.
+fn strip_header(stored: &mut impl Read, header: &[u8], missing: &str) -> io::Result<()> {
+    let mut head = vec![0u8; header.len()];
+    stored.read_exact(&mut head)?;
+    if head != header {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, missing));
+    }
+    Ok(())
 }
 
 impl fmt::Display for StoredCompression {
