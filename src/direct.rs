@@ -44,7 +44,9 @@ pub struct ArchiveLayout {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectState {
     Available(ArchiveLayout),
-    /// The account refused `cat` (forced command, no shell): use get-wal.
+    /// Use get-wal: the account refused `cat` (forced command, no shell),
+    /// or the archive holds files only Barman can read (encrypted, custom
+    /// compression).
     Restricted,
 }
 

@@ -366,6 +366,12 @@ impl Fetcher {
     /// The account refused `cat` or `ls`: say so once, remember it, and use
     /// get-wal from now on.
     fn direct_refused(&self, why: &str) {
+        self.stop_direct_reads(&format!("direct read refused ({why})"));
+    }
+
+    /// Direct reads cost a transfer and then a get-wal anyway: say so once
+    /// and use get-wal alone, remembered in the cache for its lifetime.
+    fn stop_direct_reads(&self, what: &str) {
         let mut direct = self.direct.lock().unwrap();
         if let Some(d) = direct.as_mut() {
             if d.state != DirectState::Restricted {
@@ -374,7 +380,7 @@ impl Fetcher {
                     direct::store_cache(path, &DirectState::Restricted);
                 }
                 if self.options.verbose {
-                    eprintln!("INFO: direct read refused ({why}); using barman get-wal instead");
+                    eprintln!("INFO: {what}; using barman get-wal instead");
                 }
             }
         }
@@ -399,9 +405,11 @@ impl Fetcher {
                     return Ok(None);
                 }
                 Err(StreamEnd::Undecodable(why)) => {
-                    if self.options.verbose {
-                        eprintln!("INFO: {why}; asking barman get-wal");
-                    }
+                    // Encryption and custom compression are server-wide
+                    // settings: the next files will be the same.
+                    self.stop_direct_reads(&format!(
+                        "{why}: only Barman can read this archive's files"
+                    ));
                     return Ok(None);
                 }
                 Err(StreamEnd::Failed(failure)) => return Err(failure),

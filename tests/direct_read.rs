@@ -117,21 +117,28 @@ fn custom_compression_is_asked_of_get_wal() {
 
 /// An encrypted WAL file (Barman's `encryption = gpg`) is read directly,
 /// found undecodable, and asked of get-wal, which decrypts it on the Barman
-/// host: the right bytes at %p, with no key on the standby.
+/// host: the right bytes at %p, with no key on the standby. Encryption is a
+/// server-wide setting, so the next calls go to get-wal at once.
 #[test]
-fn an_encrypted_file_is_asked_of_get_wal() {
-    let barman = server(spec(StoredCompression::Encrypted, 2));
+fn an_encrypted_archive_is_asked_of_get_wal_and_remembered() {
+    let barman = server(spec(StoredCompression::Encrypted, 6));
     let work = Work::new();
-    let out = Call::new(&barman, &work)
-        .args(["--direct-read", "-v"])
-        .run(&seg(0), &work.dest());
-    out.assert_code(0);
-    assert_delivered(barman.archive(), &work.dest(), &seg(0));
-    let commands = barman.stats().commands;
+    let call = Call::new(&barman, &work).args(["--direct-read", "-p", "1", "-v"]);
+    let first = call.run(&seg(0), &work.dest());
+    first.assert_code(0);
     assert!(
-        commands.iter().any(|c| c.starts_with("cat ")),
-        "read directly first: {commands:?}"
+        first.stderr.contains("only Barman can read"),
+        "{}",
+        first.stderr
     );
+    assert_delivered(barman.archive(), &work.dest(), &seg(0));
+    for n in [1, 2] {
+        call.run(&seg(n), &work.dest()).assert_code(0);
+        assert_delivered(barman.archive(), &work.dest(), &seg(n));
+    }
+    let commands = barman.stats().commands;
+    let cats = commands.iter().filter(|c| c.starts_with("cat ")).count();
+    assert_eq!(cats, 1, "read directly once, then remembered: {commands:?}");
     let last = commands.last().unwrap();
     assert!(
         last.contains("get-wal") && !last.contains("--keep-compression"),
