@@ -91,6 +91,9 @@ struct Worker<'a> {
     peek_from: Option<WalName>,
     at_head: bool,
     last_peek: Option<Instant>,
+    /// The size of the segments delivered so far (PostgreSQL's
+    /// `wal_segment_size`), to name the one after the archive's last.
+    segment_size: Option<u64>,
     /// Segments this worker put in the spool and has not seen taken yet.
     delivered: HashSet<WalName>,
     failed: HashMap<WalName, Instant>,
@@ -167,6 +170,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         peek_from: None,
         at_head: false,
         last_peek: None,
+        segment_size: None,
         delivered: HashSet::new(),
         failed: HashMap::new(),
         missing: HashMap::new(),
@@ -369,7 +373,15 @@ impl Worker<'_> {
             .take(self.window)
             .cloned()
             .collect();
-        for wal in &ahead {
+        // A waiting PostgreSQL comes first: while a call waits, only what it
+        // asked for and the segment after it run, not the whole window
+        // competing with them for the link and the CPUs.
+        let starts = if self.pending.is_empty() {
+            self.window
+        } else {
+            1
+        };
+        for wal in ahead.iter().take(starts) {
             let backing_off = self
                 .failed
                 .get(wal)
@@ -378,6 +390,9 @@ impl Worker<'_> {
             if room && !self.in_flight.contains(wal) && !self.spool.contains(wal) && !backing_off {
                 self.start_transfer(&fetcher, wal.clone());
             }
+        }
+        if ahead.is_empty() && self.at_head && self.listing.last() == Some(&cursor) {
+            self.probe_past_head(&fetcher, &cursor);
         }
         // A cursor outside the last listing (a jump, a new timeline) needs
         // a new one now; at the archive's head, only every HEAD_POLL.
@@ -394,6 +409,21 @@ impl Worker<'_> {
                 let names = fetcher.peek(&cursor, count).await;
                 Done::Peek(cursor, count, names)
             });
+        }
+    }
+
+    /// PostgreSQL is on the archive's last segment and asks for the next
+    /// one as soon as it has replayed it. Asking Barman now, not then,
+    /// has its answer ready: the segment itself if it just arrived, else a
+    /// "not found" that the request, coming within [`MISS_REUSE`], reuses.
+    /// At most once per head segment (a failed prefetch backs off).
+    fn probe_past_head(&mut self, fetcher: &Arc<Fetcher>, last: &WalName) {
+        let Some(next) = self.segment_size.and_then(|size| last.next_segment(size)) else {
+            return;
+        };
+        let tried = self.failed.contains_key(&next) || self.missing.contains_key(&next);
+        if !tried && !self.in_flight.contains(&next) && !self.spool.contains(&next) {
+            self.start_transfer(fetcher, next);
         }
     }
 
@@ -416,6 +446,9 @@ impl Worker<'_> {
                 match result {
                     Ok(()) => {
                         self.served += 1;
+                        if let Ok(meta) = std::fs::metadata(self.spool.path_of(&wal)) {
+                            self.segment_size = Some(meta.len());
+                        }
                         if self.args.verbose {
                             log(&format!(
                                 "{wal} ready in {} ms",
@@ -466,7 +499,9 @@ impl Worker<'_> {
 
     fn transfer_failed(&mut self, wal: WalName, failure: Failure) {
         let waiting = self.waiting_for(&wal);
-        if waiting.is_empty() || self.args.verbose {
+        // Past the archive's head, "not found" is the expected answer.
+        let expected = waiting.is_empty() && matches!(failure, Failure::NotFound(_));
+        if (waiting.is_empty() && !expected) || self.args.verbose {
             log(&format!("{wal}: {failure}"));
         }
         let answer = match &failure {

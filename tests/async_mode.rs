@@ -325,7 +325,7 @@ fn a_worker_leaves_when_its_spool_disappears() {
         .assert_code(0);
     let pids = worker_pids(&work);
     assert_eq!(pids.len(), 1);
-    fs::remove_dir_all(&work.spool).unwrap();
+    remove_spool(&work);
     assert!(
         wait_until(Duration::from_secs(10), || !alive(pids[0])),
         "worker {} outlived its spool",
@@ -345,7 +345,7 @@ fn a_worker_leaves_when_its_spool_is_made_again() {
         .assert_code(0);
     let pids = worker_pids(&work);
     assert_eq!(pids.len(), 1);
-    fs::remove_dir_all(&work.spool).unwrap();
+    remove_spool(&work);
     fs::create_dir(&work.spool).unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || !alive(pids[0])),
@@ -387,6 +387,37 @@ fn a_miss_asked_again_at_once_reuses_barmans_answer() {
     remove_spool_and_wait(&work);
 }
 
+/// Once PostgreSQL takes the archive's last segment, the worker asks Barman
+/// for the next one before PostgreSQL does; the request that follows (the
+/// end of a recovery) gets that answer instead of waiting for its own.
+#[test]
+fn the_segment_past_the_head_is_asked_before_postgresql_asks() {
+    let barman = server(spec(StoredCompression::Zstd, 3));
+    let work = Work::new();
+    let call = async_call(&barman, &work, 4, 5);
+    call.run(&seg(0), &work.dest()).assert_code(0);
+    for n in 1..3 {
+        let ready = wait_until(Duration::from_secs(10), || work.spool.join(seg(n)).exists());
+        assert!(
+            ready,
+            "{} never arrived; log:\n{}",
+            seg(n),
+            worker_log(&work)
+        );
+        call.run(&seg(n), &work.dest()).assert_code(0);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || get_wal_runs(&barman, &seg(3))
+            == 1),
+        "nobody asked Barman for {} after the last segment was taken; log:\n{}",
+        seg(3),
+        worker_log(&work)
+    );
+    call.run(&seg(3), &work.dest()).assert_code(1);
+    assert_eq!(get_wal_runs(&barman, &seg(3)), 1, "{}", worker_log(&work));
+    remove_spool_and_wait(&work);
+}
+
 /// PostgreSQL asks for a history file just before a recovery's first
 /// segment. With --async that lookup (itself direct) starts the worker, which
 /// connects at once: the first segment finds it ready and the calls open no
@@ -419,9 +450,18 @@ fn a_history_lookup_starts_the_worker_ahead_of_the_first_segment() {
 /// until every worker that served it has exited.
 fn remove_spool_and_wait(work: &Work) {
     let pids = worker_pids(work);
-    fs::remove_dir_all(&work.spool).unwrap();
+    remove_spool(work);
     assert!(
         wait_until(Duration::from_secs(10), || pids.iter().all(|p| !alive(*p))),
         "workers {pids:?} outlived their spool"
     );
+}
+
+/// Removes the spool directory, as a DBA would with `rm -rf`, while its
+/// worker may still be writing a prefetched file into it.
+fn remove_spool(work: &Work) {
+    let removed = wait_until(Duration::from_secs(10), || {
+        fs::remove_dir_all(&work.spool).is_ok() || !work.spool.exists()
+    });
+    assert!(removed, "cannot remove {}", work.spool.display());
 }
