@@ -2346,9 +2346,32 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
                 Some("00000003.history"),
                 &work,
             )?;
-            // 00000002.history sits at the top of wals/, segments in their hash directories
-            account.expect_direct(&names[..1], Some("wals"), &["00000003.history"])?;
-            account.expect_direct(&names, None, &["00000003.history"])
+            // The first lookup, 00000002.history on a cold layout cache, is one get-wal: a
+            // show-server would cost the same Barman start-up for one small file. With the layout
+            // cached, the same lookup reads it from the top of wals/.
+            fetch_sequence(
+                st,
+                Tool::OursKeyed(&account.key),
+                st.get("TL_CONFIG"),
+                &names[..1],
+                Path::new(st.get("TL_ORIG_DIR")),
+                &["--direct-read", "-p", "8"],
+                None,
+                &work,
+            )?;
+            let history_get_wals =
+                account.count(|c| c.contains(" get-wal ") && c.contains(names[0].as_str()));
+            if history_get_wals != 1 {
+                return Err(fail(format!(
+                    "want 1 get-wal for {} (the cold-cache lookup), got {history_get_wals}; {}",
+                    names[0],
+                    account.describe()
+                )));
+            }
+            let asked = [names[0].as_str(), "00000003.history"];
+            account.expect_direct(&names[..1], Some("wals"), &asked)?;
+            // segments in their hash directories
+            account.expect_direct(&names[1..], None, &asked)
         }),
     );
     add(
