@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::cli::RestoreArgs;
 use crate::direct;
 use crate::exit::{self, Failure, RecoveryMode};
-use crate::fetch::{Delivered, FetchOptions, Fetcher, MAX_STREAMS};
+use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::handoff::{self, Handed};
 use crate::remote::BarmanServer;
 use crate::spool::{self, Spool};
@@ -437,7 +437,11 @@ async fn fetch_with_prefetch(
                     .take(parallel - 1)
                     .collect();
                 let results = fetcher
-                    .prefetch(names, &spool, (parallel - 1).min(MAX_STREAMS - 1))
+                    .prefetch(
+                        names,
+                        &spool,
+                        (parallel - 1).min(fetcher.stream_limit() - 1),
+                    )
                     .await;
                 let delivered = results.iter().filter(|r| r.is_ok()).count();
                 let failures = results

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::cli::RestoreArgs;
 use crate::exit::{self, Failure};
-use crate::fetch::{Fetcher, MAX_STREAMS};
+use crate::fetch::Fetcher;
 use crate::handoff::{self, Answer, Request};
 use crate::remote::BarmanServer;
 use crate::restore;
@@ -386,7 +386,7 @@ impl Worker<'_> {
                 .failed
                 .get(wal)
                 .is_some_and(|t| t.elapsed() < PREFETCH_BACKOFF);
-            let room = self.in_flight.len() < MAX_STREAMS;
+            let room = self.in_flight.len() < fetcher.stream_limit();
             if room && !self.in_flight.contains(wal) && !self.spool.contains(wal) && !backing_off {
                 self.start_transfer(&fetcher, wal.clone());
             }
