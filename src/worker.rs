@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::cli::RestoreArgs;
 use crate::exit::{self, Failure};
-use crate::fetch::Fetcher;
+use crate::fetch::{Delivered, Fetcher};
 use crate::handoff::{self, Answer, Request};
 use crate::remote::BarmanServer;
 use crate::restore;
@@ -63,7 +63,7 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 /// What a background job reports.
 enum Done {
     /// A transfer and when it started.
-    Transfer(WalName, Instant, Result<(), Failure>),
+    Transfer(WalName, Instant, Result<Delivered, Failure>),
     Peek(WalName, usize, Result<Vec<WalName>, Failure>),
 }
 
@@ -355,7 +355,7 @@ impl Worker<'_> {
         };
         let requested: Vec<WalName> = self.pending.values().cloned().collect();
         for wal in requested {
-            if let Some((_, message)) = self.fresh_miss(&wal) {
+            if let Some(message) = self.fresh_miss(&wal) {
                 for token in self.waiting_for(&wal) {
                     self.settle(&token, Answer::Missing(message.clone()));
                 }
@@ -381,12 +381,13 @@ impl Worker<'_> {
         } else {
             1
         };
+        let limit = fetcher.stream_limit();
         for wal in ahead.iter().take(starts) {
             let backing_off = self
                 .failed
                 .get(wal)
                 .is_some_and(|t| t.elapsed() < PREFETCH_BACKOFF);
-            let room = self.in_flight.len() < fetcher.stream_limit();
+            let room = self.in_flight.len() < limit;
             if room && !self.in_flight.contains(wal) && !self.spool.contains(wal) && !backing_off {
                 self.start_transfer(&fetcher, wal.clone());
             }
@@ -433,7 +434,7 @@ impl Worker<'_> {
         let dest = self.spool.path_of(&wal);
         self.jobs.spawn(async move {
             let started = Instant::now();
-            let result = fetcher.transfer(&wal, &dest).await.map(drop);
+            let result = fetcher.transfer(&wal, &dest).await;
             Done::Transfer(wal, started, result)
         });
     }
@@ -444,11 +445,9 @@ impl Worker<'_> {
                 self.in_flight.remove(&wal);
                 self.missing.remove(&wal);
                 match result {
-                    Ok(()) => {
+                    Ok(delivered) => {
                         self.served += 1;
-                        if let Ok(meta) = std::fs::metadata(self.spool.path_of(&wal)) {
-                            self.segment_size = Some(meta.len());
-                        }
+                        self.segment_size = Some(delivered.bytes_out);
                         if self.args.verbose {
                             log(&format!(
                                 "{wal} ready in {} ms",
@@ -499,9 +498,10 @@ impl Worker<'_> {
 
     fn transfer_failed(&mut self, wal: WalName, failure: Failure) {
         let waiting = self.waiting_for(&wal);
-        // Past the archive's head, "not found" is the expected answer.
-        let expected = waiting.is_empty() && matches!(failure, Failure::NotFound(_));
-        if (waiting.is_empty() && !expected) || self.args.verbose {
+        // A prefetch nobody waits for is worth a line unless it is a "not
+        // found": past the archive's head, that is the expected answer.
+        let unexpected = waiting.is_empty() && !matches!(failure, Failure::NotFound(_));
+        if unexpected || self.args.verbose {
             log(&format!("{wal}: {failure}"));
         }
         let answer = match &failure {
@@ -518,11 +518,11 @@ impl Worker<'_> {
     }
 
     /// Barman's "not found" for `wal`, if recent enough to answer with.
-    fn fresh_miss(&self, wal: &WalName) -> Option<(Instant, String)> {
+    fn fresh_miss(&self, wal: &WalName) -> Option<String> {
         self.missing
             .get(wal)
             .filter(|(started, _)| started.elapsed() < MISS_REUSE)
-            .cloned()
+            .map(|(_, message)| message.clone())
     }
 
     /// The pending requests for `wal`.
@@ -582,7 +582,7 @@ fn log(message: &str) {
     eprintln!("{} {message}", local_time());
 }
 
-/// `YYYY-MM-DD HH:MM:SS` in local time. By hand through libc rather than a
+/// `YYYY-MM-DD HH:MM:SS.mmm` in local time. By hand through libc rather than a
 /// date crate: one format, one call site.
 fn local_time() -> String {
     let since_epoch = std::time::SystemTime::now()

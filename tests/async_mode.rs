@@ -54,6 +54,12 @@ fn worker_running(work: &Work) -> bool {
     file.try_lock_shared().is_err()
 }
 
+/// Waits (bounded) until the worker has put `name` in the spool.
+fn wait_for_spooled(work: &Work, name: &str, limit: Duration) {
+    let ready = wait_until(limit, || work.spool.join(name).exists());
+    assert!(ready, "{name} never arrived; log:\n{}", worker_log(work));
+}
+
 /// Waits (bounded) until no worker holds the lock and every worker that
 /// ever served this spool has exited.
 fn wait_for_workers_to_leave(work: &Work, limit: Duration) {
@@ -101,13 +107,7 @@ fn slow_consumer_finds_every_file_ready_on_one_connection() {
     for n in 1..count {
         // The replay of segment n-1 "takes" as long as the worker needs to
         // have segment n ready: what a slow consumer sees.
-        let ready = wait_until(Duration::from_secs(20), || work.spool.join(seg(n)).exists());
-        assert!(
-            ready,
-            "{} never arrived; log:\n{}",
-            seg(n),
-            worker_log(&work)
-        );
+        wait_for_spooled(&work, &seg(n), Duration::from_secs(20));
         let out = call.run(&seg(n), &work.dest());
         out.assert_code(0);
         if out.stderr.contains("served from the spool") {
@@ -397,13 +397,7 @@ fn the_segment_past_the_head_is_asked_before_postgresql_asks() {
     let call = async_call(&barman, &work, 4, 5);
     call.run(&seg(0), &work.dest()).assert_code(0);
     for n in 1..3 {
-        let ready = wait_until(Duration::from_secs(10), || work.spool.join(seg(n)).exists());
-        assert!(
-            ready,
-            "{} never arrived; log:\n{}",
-            seg(n),
-            worker_log(&work)
-        );
+        wait_for_spooled(&work, &seg(n), Duration::from_secs(10));
         call.run(&seg(n), &work.dest()).assert_code(0);
     }
     assert!(
