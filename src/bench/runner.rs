@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sha1::{Digest, Sha1};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::wal::WalName;
 
@@ -79,12 +79,12 @@ pub struct CallRecord {
 /// Digests of what the first run delivered: every later run must match.
 #[derive(Debug, Default)]
 pub struct Oracle {
-    digests: HashMap<String, [u8; 20]>,
+    digests: HashMap<String, u128>,
 }
 
 impl Oracle {
     /// Records or checks a digest; `true` when it differs from the record.
-    fn check(&mut self, wal: &str, digest: [u8; 20]) -> bool {
+    fn check(&mut self, wal: &str, digest: u128) -> bool {
         match self.digests.get(wal) {
             Some(known) => *known != digest,
             None => {
@@ -95,9 +95,14 @@ impl Oracle {
     }
 }
 
-fn digest_file(path: &Path) -> std::io::Result<([u8; 20], u64)> {
+/// The digest runs between two calls, on the clock of the catch-up being
+/// measured: XXH3-128 (about 2 ms for a 16 MiB segment here) rather than
+/// a cryptographic hash (SHA-1 took about 25 ms, over 1.5 s of a 64-call
+/// run that no restore_command caused). It guards against a wrong or
+/// corrupt delivery, not against an adversary.
+fn digest_file(path: &Path) -> std::io::Result<(u128, u64)> {
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha1::new();
+    let mut hasher = Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -108,7 +113,7 @@ fn digest_file(path: &Path) -> std::io::Result<([u8; 20], u64)> {
         total += n as u64;
         hasher.update(&buf[..n]);
     }
-    Ok((hasher.finalize().into(), total))
+    Ok((hasher.digest128(), total))
 }
 
 fn shell_quote(s: &str) -> String {
@@ -265,6 +270,7 @@ pub fn run_calls(
         } else {
             (false, 0)
         };
+        // PostgreSQL too unlinks the previous RECOVERYXLOG before each call.
         let _ = std::fs::remove_file(&dest);
         records.push(CallRecord {
             wal: wal.to_string(),
