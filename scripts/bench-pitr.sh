@@ -23,6 +23,9 @@
 #   BWR_BENCH_SEGMENTS    segments of WAL in config bench when it is made here (default 72)
 #   BWR_BENCH_MAX_LOAD    wait (bounded, BWR_BENCH_QUIET_WAIT s, default 600) for the 1-minute load
 #                         average to drop under this before each round (default 1.0)
+#   BWR_PITR_TRACE=1      wrap every restore_command call: OUTDIR/trace-MODE-ROUND.txt lists each
+#                         call's start (ms after pg_ctl start), duration, exit status and file, to
+#                         find where a recovery waits
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -73,7 +76,21 @@ as_pg() { runuser -u postgres -- "$@"; }
 
 OURS="$RESTORE -U barman --port $SSH_PORT -i $PG_SSH_KEY --known-hosts $PG_KNOWN_HOSTS -F /dev/null -c $BENCH_CONFIG"
 PY="PATH=$PG_SSH_WRAPPER_DIR:/usr/bin:/bin $ORACLE -U barman --port $SSH_PORT -c $BENCH_CONFIG"
-restore_command() {   # restore_command MODE SPOOL
+TRACE=${BWR_PITR_TRACE:-}
+TRACER="$WORK/trace-call.sh"
+cat >"$TRACER" <<'EOF'
+#!/bin/sh
+# trace-call.sh LOG WAL COMMAND...: runs COMMAND, appends "start_ns end_ns status WAL" to LOG
+log=$1 wal=$2; shift 2
+t0=$(date +%s%N); "$@"; rc=$?; t1=$(date +%s%N)
+echo "$t0 $t1 $rc $wal" >>"$log"
+exit $rc
+EOF
+chmod 0755 "$TRACER"
+restore_command() {   # restore_command MODE SPOOL [TRACE_LOG]
+    if [[ -n ${3:-} ]]; then
+        printf '%s %s %%f ' "$TRACER" "$3"
+    fi
     case $1 in
         copy)         echo "cp $BENCH_ORIG_DIR/%f %p" ;;
         async)        echo "$OURS --async -p 8 --keep-compression --spool-dir $2 127.0.0.1 $SERVER %f %p" ;;
@@ -100,6 +117,37 @@ wait_quiet() {
     done
 }
 
+# wait_ready LOG LIMIT: waits (at most LIMIT seconds) for PostgreSQL's log to say it is ready and
+# prints when it saw that (ns since the epoch, 10 ms resolution); fails on FATAL or PANIC. One
+# process polling the file: a grep and a sleep forked every 10 ms took ~14 % of this 2-CPU machine,
+# CPU the recovery being timed needed.
+wait_ready() {
+    /usr/bin/python3 - "$1" "$2" <<'EOF'
+import sys, time
+path, limit = sys.argv[1], float(sys.argv[2])
+end = time.monotonic() + limit
+pos, tail = 0, b""
+while time.monotonic() < end:
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            chunk = f.read()
+    except FileNotFoundError:
+        chunk = b""
+    if chunk:
+        now = time.time_ns()
+        pos += len(chunk)
+        tail = tail[-256:] + chunk
+        if b"database system is ready to accept connections" in tail:
+            print(now)
+            sys.exit(0)
+        if b"FATAL" in tail or b"PANIC" in tail:
+            sys.exit(1)
+    time.sleep(0.01)  # polling interval of a bounded wait
+sys.exit(2)
+EOF
+}
+
 # pitr MODE ROUND: one recovery; prints its seconds
 pitr() {
     local mode=$1 round=$2 data="$WORK/data-$1" spool="$WORK/spool-$1" port t0 t1 log rows
@@ -116,27 +164,27 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$data'
 hot_standby = on
 primary_conninfo = ''
-restore_command = '$(restore_command "$mode" "$spool")'
+restore_command = '$(restore_command "$mode" "$spool" "${TRACE:+$WORK/trace-$mode-$round.raw}")'
 EOF
+    rm -f "$WORK/trace-$mode-$round.raw"
     as_pg touch "$data/recovery.signal"
     sync
     t0=$(date +%s%N)
     as_pg "$PG_BIN/pg_ctl" start -D "$data" -l "$log" >/dev/null
-    local end=$(( t0 + RECOVERY_LIMIT * 1000000000 ))
-    until grep -q "database system is ready to accept connections" "$log" 2>/dev/null; do
-        if (( $(date +%s%N) >= end )) || grep -q "FATAL\|PANIC" "$log" 2>/dev/null; then
-            as_pg "$PG_BIN/pg_ctl" stop -D "$data" -m immediate >/dev/null 2>&1 || true
-            tail -5 "$log" >&2
-            die "$mode: recovery did not finish (log $log)"
-        fi
-        sleep 0.01   # polling interval of a bounded wait: 10 ms resolution on a multi-second run
-    done
-    t1=$(date +%s%N)
+    if ! t1=$(wait_ready "$log" "$RECOVERY_LIMIT"); then
+        as_pg "$PG_BIN/pg_ctl" stop -D "$data" -m immediate >/dev/null 2>&1 || true
+        tail -5 "$log" >&2
+        die "$mode: recovery did not finish (log $log)"
+    fi
     rows=$(as_pg "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$port" -U postgres -d postgres \
         -c "SELECT count(*) FROM bwr_bench")
     as_pg "$PG_BIN/pg_ctl" stop -D "$data" -m fast -w >/dev/null
     [[ $rows == "$BENCH_ROWS" ]] || die "$mode: $rows rows after recovery, the primary has $BENCH_ROWS"
     local restored; restored=$(grep -c "restored log file" "$log" || true)
+    if [[ -n $TRACE && -f $WORK/trace-$mode-$round.raw ]]; then
+        awk -v t0="$t0" -v t1="$t1" '{ printf "%8.0f ms  %6.0f ms  exit %3d  %s\n", ($1 - t0) / 1e6, ($2 - $1) / 1e6, $3, $4 }
+            END { printf "%8.0f ms  ready\n", (t1 - t0) / 1e6 }' "$WORK/trace-$mode-$round.raw" >"$OUT/trace-$mode-$round.txt"
+    fi
     # The spool goes: an --async worker leaves when its spool disappears.
     rm -rf "$data" "$spool"
     awk -v a="$t0" -v b="$t1" -v m="$mode" -v r="$round" -v n="$restored" \
