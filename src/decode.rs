@@ -9,7 +9,7 @@
 //! the destination file. Nothing holds a whole file in memory.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -287,7 +287,9 @@ pub fn decode_stream<R: Read + Send>(
             Format::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(whole)),
             Format::Snappy => Box::new(snap::read::FrameDecoder::new(whole)),
         };
-    let mut writer = BufWriter::with_capacity(256 << 10, out);
+    // 128 KiB per write(2) already makes the syscalls cheap; a BufWriter
+    // in between would only copy every decoded byte once more.
+    let mut writer = out;
     let mut buf = vec![0u8; 128 << 10];
     let mut head = Vec::with_capacity(HEAD_LEN);
     let mut bytes_out = 0u64;
@@ -331,9 +333,7 @@ pub fn decode_stream<R: Read + Send>(
         });
     }
     drop(reader);
-    let file = writer
-        .into_inner()
-        .map_err(|e| DecodeError::Write(e.into_error()))?;
+    let file = writer;
     Ok(Decoded {
         format,
         bytes_in: count.load(std::sync::atomic::Ordering::Relaxed),
