@@ -170,6 +170,16 @@ pub struct RestoreArgs {
     #[arg(long = "async-worker", hide = true)]
     pub async_worker: bool,
 
+    /// The worker's first segment, before any request names one (the
+    /// start of a recovery, from its backup_label)
+    #[arg(long = "async-from", value_name = "WAL", hide = true)]
+    pub async_from: Option<String>,
+
+    /// The data directory of the PostgreSQL the worker serves (where the
+    /// call that started it ran), to tell a standby from an archive recovery
+    #[arg(long = "async-data-dir", value_name = "DIR", hide = true)]
+    pub async_data_dir: Option<std::path::PathBuf>,
+
     /// (ours) Deliver files without checking their WAL headers
     #[arg(long = "no-verify")]
     pub no_verify: bool,

@@ -180,7 +180,7 @@ pub fn worker_running(spool: &Spool) -> bool {
 /// call's own arguments and `--async-worker`, in a session of its own (so
 /// neither PostgreSQL's signals to its children nor a terminal reach it),
 /// stdin closed, stdout and stderr to the spool's log.
-pub fn start_worker(spool: &Spool) -> std::io::Result<()> {
+pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let log_path = spool.dir().join(LOG_FILE);
     if fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_LIMIT) {
@@ -198,6 +198,12 @@ pub fn start_worker(spool: &Spool) -> std::io::Result<()> {
     command
         .args(std::env::args_os().skip(1))
         .arg("--async-worker")
+        .args(from.map(|wal| format!("--async-from={wal}")))
+        .args(std::env::current_dir().ok().map(|dir| {
+            let mut arg = std::ffi::OsString::from("--async-data-dir=");
+            arg.push(dir);
+            arg
+        }))
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -216,11 +222,12 @@ pub fn start_worker(spool: &Spool) -> std::io::Result<()> {
 }
 
 /// Starts a worker for `spool` unless one runs, without asking it for
-/// anything yet. Best effort: a worker that fails to start here is started
-/// again by the first request.
-pub fn start_worker_unless_running(spool: &Spool) {
+/// anything yet, but for `from`, the segment it may start fetching. Best
+/// effort: a worker that fails to start here is started again by the
+/// first request.
+pub fn start_worker_unless_running(spool: &Spool, from: Option<&WalName>) {
     if !worker_running(spool) {
-        let _ = start_worker(spool);
+        let _ = start_worker(spool, from);
     }
 }
 
@@ -310,7 +317,7 @@ pub async fn ask_worker(
                     if starts >= STARTS_PER_CALL {
                         return Ok(Handed::Unanswered("the --async worker does not run".into()));
                     }
-                    if let Err(e) = start_worker(spool) {
+                    if let Err(e) = start_worker(spool, None) {
                         return Ok(Handed::Unanswered(format!(
                             "cannot start the --async worker: {e}"
                         )));

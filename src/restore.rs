@@ -18,7 +18,7 @@ use crate::handoff::{self, Handed};
 use crate::remote::BarmanServer;
 use crate::spool::{self, Spool};
 use crate::ssh::{Session, SessionStats, SshTarget};
-use crate::wal::{WalKind, WalName};
+use crate::wal::{self, WalKind, WalName};
 
 /// How many times a call tries to connect before it reports a connection
 /// failure (a reconnect after a session broke mid-transfer tries once).
@@ -240,9 +240,6 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
     if take_from_spool(&checked)? {
         return Ok(Outcome::FromSpool);
     }
-    if let Some(spool) = &checked.spool {
-        spool.purge_stale(&checked.wal);
-    }
     let Checked {
         wal,
         server,
@@ -256,7 +253,11 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
     // this call runs, and is ready when the first segment is asked for.
     let layout = if wal.kind() == WalKind::History {
         if let (true, Some(spool)) = (args.async_prefetch, &spool) {
-            handoff::start_worker_unless_running(spool);
+            // PostgreSQL runs restore_command in its data directory.
+            let first = std::fs::read_to_string("backup_label")
+                .ok()
+                .and_then(|label| wal::backup_label_start(&label));
+            handoff::start_worker_unless_running(spool, first.as_ref());
         }
         LayoutSource::CacheOnly
     } else {
@@ -281,6 +282,11 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
         } else if args.verbose {
             eprintln!("WARNING: --async needs a spool (-p 1 or more); fetching directly");
         }
+    }
+    // What PostgreSQL has moved past goes (with --async, the worker does
+    // this, and keeps what it knows PostgreSQL will read again).
+    if let (Some(spool), false) = (&spool, args.async_prefetch) {
+        spool.purge_stale(&wal, None);
     }
 
     let target = Arc::new(SshTarget::resolve(

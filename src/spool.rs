@@ -320,9 +320,9 @@ impl Spool {
 
     /// Removes spooled segments PostgreSQL has moved past: those before
     /// `requested` on its timeline, and every segment of an older timeline
-    /// once a newer one is asked for. Only names we could have written are
-    /// touched.
-    pub fn purge_stale(&self, requested: &WalName) {
+    /// once a newer one is asked for; `keep` stays whatever it is. Only
+    /// names we could have written are touched.
+    pub fn purge_stale(&self, requested: &WalName, keep: Option<&WalName>) {
         if requested.kind() != WalKind::Segment {
             return;
         }
@@ -337,6 +337,9 @@ impl Spool {
             else {
                 continue;
             };
+            if Some(&name) == keep {
+                continue;
+            }
             let stale = match name.kind() {
                 WalKind::Segment => {
                     name.timeline() < requested.timeline()
@@ -430,6 +433,7 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         for n in [
             "000000010000000000000001",
+            "000000010000000000000004",
             "000000010000000000000005",
             "000000010000000000000009",
             "000000020000000000000009",
@@ -437,7 +441,8 @@ mod tests {
         ] {
             fs::write(dir.path().join(n), b"x").unwrap();
         }
-        spool.purge_stale(&wal("000000010000000000000005"));
+        let kept = wal("000000010000000000000004");
+        spool.purge_stale(&wal("000000010000000000000005"), Some(&kept));
         let mut left: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -446,12 +451,13 @@ mod tests {
         assert_eq!(
             left,
             [
+                "000000010000000000000004",
                 "000000010000000000000005",
                 "000000010000000000000009",
                 "000000020000000000000009"
             ]
         );
-        spool.purge_stale(&wal("00000002000000000000000A"));
+        spool.purge_stale(&wal("00000002000000000000000A"), None);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

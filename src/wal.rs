@@ -184,6 +184,16 @@ pub fn segments_per_log(segment_size: u64) -> u64 {
     0x1_0000_0000u64 / segment_size.max(1)
 }
 
+/// The segment a recovery starts from, as a base backup's `backup_label`
+/// names it (`START WAL LOCATION: 0/18000028 (file 000000010000000000000018)`).
+pub fn backup_label_start(label: &str) -> Option<WalName> {
+    let line = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION:"))?;
+    let name = line.split_once("(file ")?.1.split_once(')')?.0.trim();
+    WalName::parse(name).ok().filter(WalName::is_segment)
+}
+
 impl fmt::Display for WalName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
@@ -200,6 +210,24 @@ impl std::str::FromStr for WalName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_label_names_the_first_segment() {
+        let label = "START WAL LOCATION: 0/18000028 (file 000000010000000000000018)\n\
+                     CHECKPOINT LOCATION: 0/18000060\nBACKUP METHOD: streamed\n";
+        assert_eq!(
+            backup_label_start(label).map(|w| w.to_string()),
+            Some("000000010000000000000018".to_string())
+        );
+        for bad in [
+            "",
+            "START WAL LOCATION: 0/18000028\n",
+            "START WAL LOCATION: 0/1 (file ../../etc/passwd)\n",
+            "START WAL LOCATION: 0/1 (file 00000002.history)\n",
+        ] {
+            assert_eq!(backup_label_start(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn accepts_the_four_shapes() {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::cli::RestoreArgs;
-use crate::exit::{self, Failure};
+use crate::exit::{self, Failure, RecoveryMode};
 use crate::fetch::{Delivered, Fetcher};
 use crate::handoff::{self, Answer, Request};
 use crate::remote::BarmanServer;
@@ -52,6 +52,14 @@ const RACE_GRACE: Duration = Duration::from_millis(500);
 /// new. A standby polling the head asks every few seconds, and each of
 /// those gets a fresh answer.
 const MISS_REUSE: Duration = Duration::from_secs(1);
+
+/// What a probe past the archive's head is expected to take (a Barman
+/// start-up and its "not found") until one has been measured.
+const PROBE_COST_GUESS: Duration = Duration::from_millis(500);
+
+/// How long a probe past the head is remembered (so not made again); the
+/// head polls go on meanwhile.
+const PROBE_MEMORY: Duration = Duration::from_secs(60);
 
 /// After a failed connection attempt, the next one waits this long.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -94,6 +102,25 @@ struct Worker<'a> {
     /// The size of the segments delivered so far (PostgreSQL's
     /// `wal_segment_size`), to name the one after the archive's last.
     segment_size: Option<u64>,
+    /// How fast PostgreSQL moves from one segment to the next (a moving
+    /// average), and when it last did.
+    pace: Option<Duration>,
+    cursor_moved: Option<Instant>,
+    /// How long Barman took to say "not found" last time: what a probe
+    /// past the head costs.
+    probe_cost: Duration,
+    /// Probes past the head, per segment: whether the last one began
+    /// before PostgreSQL reached the archive's last segment, and when.
+    probes: HashMap<WalName, (bool, Instant)>,
+    /// The archive's last segment, fetched again after PostgreSQL took it:
+    /// an archive recovery that ends there reads it once more (to start its
+    /// new timeline), and finds it in the spool instead of waiting for
+    /// Barman. A standby never ends that way: it would be a second fetch
+    /// of every segment at the head.
+    reread: Option<WalName>,
+    /// Segments to fetch once, outside the window: the re-read copy, and
+    /// a recovery's first segment before PostgreSQL asks for it.
+    fetch_once: Vec<WalName>,
     /// Segments this worker put in the spool and has not seen taken yet.
     delivered: HashSet<WalName>,
     failed: HashMap<WalName, Instant>,
@@ -171,6 +198,12 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         at_head: false,
         last_peek: None,
         segment_size: None,
+        pace: None,
+        cursor_moved: None,
+        probe_cost: PROBE_COST_GUESS,
+        probes: HashMap::new(),
+        reread: None,
+        fetch_once: Vec::new(),
         delivered: HashSet::new(),
         failed: HashMap::new(),
         missing: HashMap::new(),
@@ -180,6 +213,19 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         last_activity: Instant::now(),
         served: 0,
     };
+    // Started by the history lookup at a recovery's start, with the first
+    // segment from the backup_label: it is fetched before it is asked for.
+    // That one only: the window waits for PostgreSQL's first request, as a
+    // full window of get-wal now would slow the history lookup down with
+    // it (Barman's Python and the lookup share the Barman host's CPUs).
+    if let Some(first) = args
+        .async_from
+        .as_deref()
+        .and_then(|name| WalName::parse(name).ok())
+        .filter(WalName::is_segment)
+    {
+        worker.fetch_once.push(first);
+    }
     let why = worker.serve().await;
     if let Some(fetcher) = worker.fetcher.take() {
         fetcher.session().close().await;
@@ -228,13 +274,14 @@ impl Worker<'_> {
     }
 
     fn has_work(&self) -> bool {
-        !self.pending.is_empty() || self.cursor.is_some()
+        !self.pending.is_empty() || self.cursor.is_some() || !self.fetch_once.is_empty()
     }
 
     /// Picks up new requests; the newest one moves the cursor.
     fn read_requests(&mut self) {
         self.missing
             .retain(|_, (started, _)| started.elapsed() < MISS_REUSE);
+        self.probes.retain(|_, (_, at)| at.elapsed() < PROBE_MEMORY);
         let requests = handoff::pending_requests(&self.spool);
         let seen: HashSet<&str> = requests.iter().map(|r| r.token.as_str()).collect();
         self.settled.retain(|t| seen.contains(t.as_str()));
@@ -280,7 +327,30 @@ impl Worker<'_> {
         if self.cursor.as_ref() == Some(wal) {
             return;
         }
-        self.spool.purge_stale(wal);
+        if let Some(old) = &self.cursor {
+            if follows(wal, old) {
+                let now = Instant::now();
+                if let Some(at) = self.cursor_moved {
+                    let step = now.duration_since(at);
+                    self.pace = Some(match self.pace {
+                        Some(pace) => (pace * 7 + step * 3) / 10,
+                        None => step,
+                    });
+                }
+                self.cursor_moved = Some(now);
+            }
+        }
+        // The re-read copy stays while PostgreSQL is on the segment after
+        // it (asking for the one past the archive's end), no longer.
+        let size = self.segment_size;
+        let keep = self
+            .reread
+            .clone()
+            .filter(|r| size.and_then(|s| r.next_segment(s)).as_ref() == Some(wal));
+        if keep.is_none() {
+            self.reread = None;
+        }
+        self.spool.purge_stale(wal, keep.as_ref());
         self.delivered.retain(|d| self.spool.contains(d));
         self.cursor = Some(wal.clone());
     }
@@ -300,7 +370,24 @@ impl Worker<'_> {
             if self.cursor.as_ref().is_none_or(|c| follows(&wal, c)) {
                 self.move_cursor(&wal);
             }
+            if self.at_head
+                && self.listing.last() == Some(&wal)
+                && self.reread.as_ref() != Some(&wal)
+                && self.recovery_ends_at_head()
+            {
+                self.reread = Some(wal.clone());
+                self.fetch_once.push(wal);
+            }
         }
+    }
+
+    /// An archive recovery (not a standby) ends where the archive ends,
+    /// and reads the last segment once more as it does.
+    fn recovery_ends_at_head(&self) -> bool {
+        self.args
+            .async_data_dir
+            .as_deref()
+            .is_some_and(|dir| RecoveryMode::detect(dir) == RecoveryMode::ArchiveRecovery)
     }
 
     async fn ensure_session(&mut self) {
@@ -363,6 +450,11 @@ impl Worker<'_> {
                 self.start_transfer(&fetcher, wal);
             }
         }
+        for wal in std::mem::take(&mut self.fetch_once) {
+            if !self.in_flight.contains(&wal) && !self.spool.contains(&wal) {
+                self.start_transfer(&fetcher, wal);
+            }
+        }
         let Some(cursor) = self.cursor.clone() else {
             return;
         };
@@ -392,8 +484,10 @@ impl Worker<'_> {
                 self.start_transfer(&fetcher, wal.clone());
             }
         }
-        if ahead.is_empty() && self.at_head && self.listing.last() == Some(&cursor) {
-            self.probe_past_head(&fetcher, &cursor);
+        if self.at_head {
+            if let Some(left) = self.left_before_head(&cursor) {
+                self.probe_past_head(&fetcher, left);
+            }
         }
         // A cursor outside the last listing (a jump, a new timeline) needs
         // a new one now; at the archive's head, only every HEAD_POLL.
@@ -413,17 +507,42 @@ impl Worker<'_> {
         }
     }
 
-    /// PostgreSQL is on the archive's last segment and asks for the next
-    /// one as soon as it has replayed it. Asking Barman now, not then,
-    /// has its answer ready: the segment itself if it just arrived, else a
+    /// How many listed segments PostgreSQL has left after `cursor` before
+    /// the archive's end, if the listing covers where it is.
+    fn left_before_head(&self, cursor: &WalName) -> Option<usize> {
+        let covered = self.listing.contains(cursor) || self.peek_from.as_ref() == Some(cursor);
+        covered.then(|| self.listing.iter().filter(|n| follows(n, cursor)).count())
+    }
+
+    /// PostgreSQL, `left` segments before the archive's end, will ask for
+    /// the one past it as soon as it has replayed them. Asking Barman first
+    /// has the answer ready: the segment itself if it just arrived, else a
     /// "not found" that the request, coming within [`MISS_REUSE`], reuses.
-    /// At most once per head segment (a failed prefetch backs off).
-    fn probe_past_head(&mut self, fetcher: &Arc<Fetcher>, last: &WalName) {
+    /// The probe starts when PostgreSQL's pace says the remaining segments
+    /// take less time than a probe, and on the last segment at the latest.
+    /// One probe per segment, and a second on the last segment when the
+    /// early one's answer went stale on the way.
+    fn probe_past_head(&mut self, fetcher: &Arc<Fetcher>, left: usize) {
+        let Some(last) = self.listing.last() else {
+            return;
+        };
         let Some(next) = self.segment_size.and_then(|size| last.next_segment(size)) else {
             return;
         };
-        let tried = self.failed.contains_key(&next) || self.missing.contains_key(&next);
-        if !tried && !self.in_flight.contains(&next) && !self.spool.contains(&next) {
+        if self.in_flight.contains(&next) || self.spool.contains(&next) {
+            return;
+        }
+        let on_last = left == 0;
+        let near = on_last
+            || self
+                .pace
+                .is_some_and(|pace| pace * left as u32 <= self.probe_cost);
+        let due = match self.probes.get(&next) {
+            None => near,
+            Some((early, at)) => *early && on_last && at.elapsed() >= MISS_REUSE,
+        };
+        if due {
+            self.probes.insert(next.clone(), (!on_last, Instant::now()));
             self.start_transfer(fetcher, next);
         }
     }
@@ -466,6 +585,7 @@ impl Worker<'_> {
                     Err(failure) => {
                         if let Failure::NotFound(message) = &failure {
                             self.missing.insert(wal.clone(), (started, message.clone()));
+                            self.probe_cost = started.elapsed();
                         }
                         self.transfer_failed(wal, failure)
                     }

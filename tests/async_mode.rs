@@ -412,6 +412,65 @@ fn the_segment_past_the_head_is_asked_before_postgresql_asks() {
     remove_spool_and_wait(&work);
 }
 
+/// Takes the archive's three segments as PostgreSQL would, one after
+/// another, each found in the spool.
+fn replay_to_the_head(call: &Call, work: &Work) {
+    call.run(&seg(0), &work.dest()).assert_code(0);
+    for n in 1..3 {
+        wait_for_spooled(work, &seg(n), Duration::from_secs(10));
+        call.run(&seg(n), &work.dest()).assert_code(0);
+    }
+}
+
+/// An archive recovery that ends at the archive's last segment reads that
+/// segment once more after the miss past the end (to start its new
+/// timeline). The worker fetched it again when PostgreSQL took it: the
+/// re-read is a spool hit, with the right bytes, not a wait for Barman.
+#[test]
+fn the_last_segment_is_in_the_spool_again_for_the_end_of_recovery() {
+    let barman = server(spec(StoredCompression::Zstd, 3));
+    let archive = barman.archive();
+    let work = Work::new();
+    let data = data_dir(&work, &["recovery.signal"]);
+    let call = async_call(&barman, &work, 4, 5).cwd(&data);
+    replay_to_the_head(&call, &work);
+    fs::remove_file(work.dest()).unwrap();
+    wait_for_spooled(&work, &seg(2), Duration::from_secs(10));
+    call.run(&seg(3), &work.dest()).assert_code(1);
+    let reread = call.run(&seg(2), &work.dest());
+    reread.assert_code(0);
+    assert!(
+        reread.stderr.contains("served from the spool"),
+        "{}\nlog:\n{}",
+        reread.stderr,
+        worker_log(&work)
+    );
+    assert_delivered(archive, &work.dest(), &seg(2));
+    remove_spool_and_wait(&work);
+}
+
+/// A standby does not end its recovery at the archive's end: it waits
+/// there for the next segment, and the last one is not fetched twice.
+#[test]
+fn a_standby_at_the_head_does_not_fetch_the_last_segment_again() {
+    let barman = server(spec(StoredCompression::Zstd, 3));
+    let work = Work::new();
+    let data = data_dir(&work, &["standby.signal"]);
+    let call = async_call(&barman, &work, 4, 5).cwd(&data);
+    replay_to_the_head(&call, &work);
+    // The probe past the head is started with (after) a re-read, if any.
+    assert!(
+        wait_until(Duration::from_secs(10), || get_wal_runs(&barman, &seg(3))
+            == 1),
+        "no probe past the head; log:\n{}",
+        worker_log(&work)
+    );
+    call.run(&seg(3), &work.dest()).assert_code(1);
+    assert_eq!(get_wal_runs(&barman, &seg(2)), 1, "{}", worker_log(&work));
+    assert!(!work.spool.join(seg(2)).exists());
+    remove_spool_and_wait(&work);
+}
+
 /// PostgreSQL asks for a history file just before a recovery's first
 /// segment. With --async that lookup (itself direct) starts the worker, which
 /// connects at once: the first segment finds it ready and the calls open no
@@ -437,6 +496,38 @@ fn a_history_lookup_starts_the_worker_ahead_of_the_first_segment() {
     );
     assert_delivered(barman.archive(), &work.dest(), &seg(0));
     assert_eq!(barman.stats().connections, 2, "{}", worker_log(&work));
+    remove_spool_and_wait(&work);
+}
+
+/// A recovery from a base backup starts with a history lookup, in a data
+/// directory whose backup_label names the first segment: the worker that
+/// lookup starts fetches that segment before PostgreSQL asks for it, and
+/// the first segment's call is a spool hit.
+#[test]
+fn the_first_segment_of_a_recovery_is_fetched_before_it_is_asked_for() {
+    let barman = server(spec(StoredCompression::Zstd, 3));
+    let work = Work::new();
+    let data = work.path().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(
+        data.join("backup_label"),
+        format!(
+            "START WAL LOCATION: 0/1000028 (file {})\nCHECKPOINT LOCATION: 0/1000060\n",
+            seg(1)
+        ),
+    )
+    .unwrap();
+    let call = async_call(&barman, &work, 2, 5).cwd(&data);
+    call.run("00000002.history", &work.dest()).assert_code(1);
+    wait_for_spooled(&work, &seg(1), Duration::from_secs(10));
+    let first = call.run(&seg(1), &work.dest());
+    first.assert_code(0);
+    assert!(
+        first.stderr.contains("served from the spool"),
+        "{}",
+        first.stderr
+    );
+    assert_delivered(barman.archive(), &work.dest(), &seg(1));
     remove_spool_and_wait(&work);
 }
 
