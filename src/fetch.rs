@@ -76,8 +76,11 @@ pub struct Fetcher {
 /// for Barman's level-3 16 MiB segments), so 16 at once cost over 40 MiB;
 /// and more channels than this do not move more bytes through one session
 /// (measured here: 406 MiB/s at 4 channels, 469 at 8), nor start Barman's
-/// Python faster on a Barman host with few cores.
-pub const MAX_STREAMS: usize = 6;
+/// Python faster on a Barman host with few cores. 5 rather than 6, measured
+/// side by side (`barman-wal-bench --compare`, -p 16 --keep-compression,
+/// two runs): peak RSS 29.7/30.3 MiB instead of 34.2/34.6, wall time
+/// 14.31/13.35 s instead of 14.81/13.62; at -p 8 25.8 MiB instead of 31.4.
+pub const MAX_STREAMS: usize = 5;
 
 /// The same limit for direct reads: nothing remote to wait for, each
 /// stream is decoded as fast as it arrives, so more than a few only hold
