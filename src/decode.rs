@@ -239,7 +239,7 @@ impl<R: Read> Read for Counting<R> {
 /// Decodes one payload from `input` into `out`. Runs on a blocking thread.
 pub fn decode_stream<R: Read + Send>(
     mut input: R,
-    out: File,
+    mut out: File,
     kind: WalKind,
 ) -> Result<Decoded, DecodeError> {
     let mut prefix = Vec::with_capacity(SNIFF_LEN);
@@ -287,9 +287,9 @@ pub fn decode_stream<R: Read + Send>(
             Format::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(whole)),
             Format::Snappy => Box::new(snap::read::FrameDecoder::new(whole)),
         };
-    // 128 KiB per write(2) already makes the syscalls cheap; a BufWriter
-    // in between would only copy every decoded byte once more.
-    let mut writer = out;
+    // Straight to the file: 128 KiB per write(2) already makes the
+    // syscalls cheap; a BufWriter in between would only copy every decoded
+    // byte once more.
     let mut buf = vec![0u8; 128 << 10];
     let mut head = Vec::with_capacity(HEAD_LEN);
     let mut bytes_out = 0u64;
@@ -324,7 +324,7 @@ pub fn decode_stream<R: Read + Send>(
         if let Some(checker) = checker.as_mut() {
             checker.feed(&buf[..n]);
         }
-        writer.write_all(&buf[..n]).map_err(DecodeError::Write)?;
+        out.write_all(&buf[..n]).map_err(DecodeError::Write)?;
     }
     if format != Format::Plain && !looks_plain(kind, &head) {
         return Err(DecodeError::Corrupt {
@@ -333,14 +333,13 @@ pub fn decode_stream<R: Read + Send>(
         });
     }
     drop(reader);
-    let file = writer;
     Ok(Decoded {
         format,
         bytes_in: count.load(std::sync::atomic::Ordering::Relaxed),
         bytes_out,
         head,
         records: checker.map(|c| c.finish()),
-        file,
+        file: out,
     })
 }
 

@@ -507,8 +507,7 @@ fn a_history_lookup_starts_the_worker_ahead_of_the_first_segment() {
 fn the_first_segment_of_a_recovery_is_fetched_before_it_is_asked_for() {
     let barman = server(spec(StoredCompression::Zstd, 3));
     let work = Work::new();
-    let data = work.path().join("data");
-    fs::create_dir(&data).unwrap();
+    let data = data_dir(&work, &[]);
     fs::write(
         data.join("backup_label"),
         format!(
