@@ -69,6 +69,21 @@ fi
 [[ -n ${BENCH_BASE_BACKUP:-} && -d $BENCH_BASE_BACKUP ]] \
     || die "$DIR/bench.env has no base backup: made by an older stack.sh; use a fresh stack"
 
+# CPU accounting, per recovery: "barman" = the main sshd and everything it starts (sessions, shells,
+# Barman's Python), "pg" = PostgreSQL and everything it starts (the startup process replaying WAL,
+# every restore_command call, an --async worker). What a recovery needs from the 2 CPUs, and how
+# much of them it left idle, is what bounds the ratios.
+# shellcheck source=scripts/cpu-accounting.sh
+. "$ROOT/scripts/cpu-accounting.sh"
+cg_init barman pg
+cg_join barman "$(<"$DIR/run/sshd-main.pid")"
+if [[ -n ${BWR_STACK_DIR:-} ]]; then
+    trap 'cg_cleanup' EXIT
+else
+    trap 'cg_cleanup; bash "$STACK_SH" down "$DIR" >/dev/null 2>&1 || true' EXIT
+fi
+HZ=$(getconf CLK_TCK)
+
 WORK="$DIR/pitr-work"
 mkdir -p "$WORK"
 chown postgres:postgres "$WORK"
@@ -169,13 +184,16 @@ EOF
     rm -f "$WORK/trace-$mode-$round.raw"
     as_pg touch "$data/recovery.signal"
     sync
+    local b0 i0 b1 i1 s0 p0 s1 p1
+    read -r b0 i0 < <(cpu_jiffies); read -r s0 p0 < <(cg_usage barman pg)
     t0=$(date +%s%N)
-    as_pg "$PG_BIN/pg_ctl" start -D "$data" -l "$log" >/dev/null
+    in_cg pg runuser -u postgres -- "$PG_BIN/pg_ctl" start -D "$data" -l "$log" >/dev/null
     if ! t1=$(wait_ready "$log" "$RECOVERY_LIMIT"); then
         as_pg "$PG_BIN/pg_ctl" stop -D "$data" -m immediate >/dev/null 2>&1 || true
         tail -5 "$log" >&2
         die "$mode: recovery did not finish (log $log)"
     fi
+    read -r b1 i1 < <(cpu_jiffies); read -r s1 p1 < <(cg_usage barman pg)
     rows=$(as_pg "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$port" -U postgres -d postgres \
         -c "SELECT count(*) FROM bwr_bench")
     as_pg "$PG_BIN/pg_ctl" stop -D "$data" -m fast -w >/dev/null
@@ -187,9 +205,11 @@ EOF
     fi
     # The spool goes: an --async worker leaves when its spool disappears.
     rm -rf "$data" "$spool"
-    awk -v a="$t0" -v b="$t1" -v m="$mode" -v r="$round" -v n="$restored" \
-        'BEGIN { printf "round %d %-13s %7.2f s  (%d segments restored)\n", r, m, (b - a) / 1e9, n }' \
-        >>"$OUT/pitr-runs.txt"
+    awk -v a="$t0" -v b="$t1" -v m="$mode" -v r="$round" -v n="$restored" -v hz="$HZ" \
+        -v busy=$(( b1 - b0 )) -v idle=$(( i1 - i0 )) -v s=$(( s1 - s0 )) -v p=$(( p1 - p0 )) -v cg="${CG:+1}" \
+        'BEGIN { printf "round %d %-13s %7.2f s  (%d segments restored); CPUs busy %.1f of %.1f CPU-s", r, m, (b - a) / 1e9, n, busy / hz, (busy + idle) / hz
+                 if (cg) printf ": Barman side %.1f, PostgreSQL and restore_command %.1f, other %.1f", s / 1e9, p / 1e9, busy / hz - (s + p) / 1e9
+                 printf "\n" }' >>"$OUT/pitr-runs.txt"
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1e9 }'
 }
 

@@ -10,6 +10,12 @@
 #             without and with --keep-compression)
 #   cm        ours vs Python through OpenSSH ControlMaster (ControlPersist 60), -p 8
 #   p32       ours alone at -p 32 (zero failed calls required)
+#   ours      ours alone at -p 8, --keep-compression on,off: env.txt then splits the CPU time of our
+#             calls alone between the Barman side and the client (not in the default list)
+#   costs     what one call costs the Barman side, one at a time (no contention): 16 `barman get-wal
+#             --keep-compression` run locally, the same 16 through one OpenSSH ControlMaster
+#             connection, and an empty `true` each way; CPU ms per call from the accounting groups
+#             (not in the default list)
 #   async     -p 8 --keep-compression with --async off,on and --direct-read off,on, calls spaced by
 #             an emulated replay (BWR_BENCH_REPLAY_MS, default 100 ms per segment), Python beside
 #             (not in the default list: run it by name)
@@ -107,40 +113,16 @@ cm_stop() {   # stop the ControlPersist master, if any (bounded: ssh -O exit ret
     echo "stack: $DIR (sshd port $SSH_PORT, default MaxStartups/MaxSessions)"
 } >"$OUT/env.txt"
 
-# CPU accounting (cgroup v1 cpuacct, when writable): "server" = the main sshd and everything it
-# starts (sessions, shells, Barman's Python) plus the local get-wal floor, "client" = the bench and
-# everything it starts (our binary, the Python client, its ssh processes). The rest of the busy CPU
-# time is other work on the machine.
-CG=
-CG_ROOT=/sys/fs/cgroup/cpuacct
-if [[ -w $CG_ROOT/cgroup.procs ]] && mkdir "$CG_ROOT/bwr-bench-$$" 2>/dev/null; then
-    CG="$CG_ROOT/bwr-bench-$$"
-    mkdir "$CG/server" "$CG/client"
-    SSHD_PID=$(<"$DIR/run/sshd-main.pid")
-    echo "$SSHD_PID" >"$CG/server/cgroup.procs"
-fi
+# CPU accounting: "server" = the main sshd and everything it starts (sessions, shells, Barman's
+# Python) plus the local get-wal floor, "client" = the bench and everything it starts (our binary,
+# the Python client, its ssh processes). The rest of the busy CPU time is other work on the machine.
+# shellcheck source=scripts/cpu-accounting.sh
+. "$ROOT/scripts/cpu-accounting.sh"
+cg_init server client
+cg_join server "$(<"$DIR/run/sshd-main.pid")"
 [[ -n ${BWR_STACK_DIR:-} ]] && trap 'cm_stop; cg_cleanup' EXIT
-cg_cleanup() {
-    [[ -n $CG ]] || return 0
-    local p
-    for p in $(cat "$CG/server/cgroup.procs" "$CG/client/cgroup.procs" 2>/dev/null); do
-        echo "$p" >"$CG_ROOT/cgroup.procs" 2>/dev/null || true
-    done
-    rmdir "$CG/server" "$CG/client" "$CG" 2>/dev/null || true
-}
-cg_usage() {   # server_ns client_ns
-    if [[ -n $CG ]]; then echo "$(<"$CG/server/cpuacct.usage") $(<"$CG/client/cpuacct.usage")"; else echo "0 0"; fi
-}
-in_cg() {   # in_cg GROUP CMD...: run CMD inside that accounting group
-    if [[ -n $CG ]]; then
-        bash -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' in_cg "$CG/$1" "${@:2}"
-    else
-        "${@:2}"
-    fi
-}
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
-cpu_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; }   # busy idle
 
 # wait_quiet STEP: bounded wait for the machine to calm down (a poll, not a synchronisation delay)
 wait_quiet() {
@@ -161,10 +143,10 @@ step() {
     wait_quiet "$name"
     local b0 i0 b1 i1 t0 t1 s0 c0 s1 c1 rc=0 hz
     hz=$(getconf CLK_TCK)
-    read -r b0 i0 < <(cpu_jiffies); read -r s0 c0 < <(cg_usage); t0=$(date +%s%N)
+    read -r b0 i0 < <(cpu_jiffies); read -r s0 c0 < <(cg_usage server client); t0=$(date +%s%N)
     echo "$name: start $(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/env.txt"
     "$@" || rc=$?
-    read -r b1 i1 < <(cpu_jiffies); read -r s1 c1 < <(cg_usage); t1=$(date +%s%N)
+    read -r b1 i1 < <(cpu_jiffies); read -r s1 c1 < <(cg_usage server client); t1=$(date +%s%N)
     echo "$name: end $(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg), exit $rc" >>"$OUT/env.txt"
     awk -v n="$name" -v b=$(( b1 - b0 )) -v i=$(( i1 - i0 )) -v hz="$hz" -v s=$(( s1 - s0 )) \
         -v c=$(( c1 - c0 )) -v w=$(( t1 - t0 )) -v cg="${CG:+1}" 'BEGIN {
@@ -199,14 +181,40 @@ floor() {   # 64 local get-wal as barman, 8 at a time, 3 runs without and with -
     done
 }
 
+costs() {   # Barman-side CPU and wall time per call, one call at a time
+    local segs=("${SEGS[@]:8:16}") kind seg s0 s1 t0 t1 r
+    local_true() { (cd / && in_cg server runuser -u barman -- true); }
+    local_get() { (cd / && in_cg server runuser -u barman -- "$BARMAN_VENV/bin/barman" -c "$BENCH_CONFIG" \
+                      get-wal --keep-compression "$SERVER" "$1" | cat >/dev/null); }
+    ssh_true() { /usr/bin/ssh -F "$CM_DIR/ssh_config" -p "$SSH_PORT" barman@127.0.0.1 true; }
+    ssh_get() { /usr/bin/ssh -F "$CM_DIR/ssh_config" -p "$SSH_PORT" barman@127.0.0.1 \
+                    "barman -c $BENCH_CONFIG get-wal --keep-compression $SERVER $1" >/dev/null; }
+    ssh_true   # the master connection, outside the measurement
+    : >"$OUT/costs.txt"
+    for r in 1 2; do
+        for kind in local_true local_get ssh_true ssh_get; do
+            read -r s0 < <(cg_usage server); t0=$(date +%s%N)
+            for seg in "${segs[@]}"; do "$kind" "$seg"; done
+            read -r s1 < <(cg_usage server); t1=$(date +%s%N)
+            awk -v k="$kind" -v r="$r" -v c=$(( s1 - s0 )) -v w=$(( t1 - t0 )) -v n="${#segs[@]}" -v cg="${CG:+1}" \
+                'BEGIN { printf "round %d %-10s %2d calls: %4.0f ms wall per call", r, k, n, w / 1e6 / n
+                         if (cg) printf ", Barman side %4.0f CPU-ms per call", c / 1e6 / n
+                         printf "\n" }' | tee -a "$OUT/costs.txt"
+        done
+    done
+    cm_stop
+}
+
 for s in $STEPS; do
     case $s in
         p0|p8|p16) step "$s" bench "$s" -p "${s#p}" --keep-compression on,off --direct-read off,on --compare "$PY" ;;
         p32) step p32 bench p32 -p 32 --keep-compression on,off --direct-read off,on ;;
+        ours) step ours bench ours -p 8 --keep-compression on,off ;;
         async) step async bench async -p 8 --keep-compression on --direct-read off,on --async off,on \
                    --replay-ms "$REPLAY_MS" --compare "$PY" ;;
         cm) step cm bench cm -p 8 --keep-compression on,off --direct-read off,on --compare "$PY_CM"; cm_stop ;;
         floor) step floor floor ;;
+        costs) step costs costs ;;
         *) die "unknown step $s" ;;
     esac
 done
