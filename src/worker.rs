@@ -264,6 +264,15 @@ impl Worker<'_> {
                 self.ensure_session().await;
                 self.schedule();
             }
+            // Idle means no call waiting: the clock starts when the last
+            // waiting request is served, not when it arrived, or a worker
+            // that took longer than --async-idle to serve a request would
+            // leave just as its callers come back for the next segment.
+            // (Prefetches and polls at the head do not count: a worker
+            // nobody asks must still leave.)
+            if !self.pending.is_empty() {
+                self.last_activity = Instant::now();
+            }
             if self.pending.is_empty()
                 && self.jobs.is_empty()
                 && self.last_activity.elapsed() >= self.idle
