@@ -288,7 +288,10 @@ fn racing_callers_get_correct_bytes() {
     let barman = server(spec(StoredCompression::Xz, count));
     let archive = barman.archive().clone();
     let work = Work::new();
-    let call = async_call(&barman, &work, 4, 1);
+    // The callers take each other's segments and drag the worker's cursor
+    // back and forth: on a loaded machine a call may wait for the worker up
+    // to --io-timeout (60 s) before it fetches directly. A hang is longer.
+    let call = async_call(&barman, &work, 4, 1).timeout(Duration::from_secs(90));
     let dests: Vec<_> = (0..4)
         .map(|i| {
             let dir = work.path().join(format!("caller{i}"));
@@ -409,6 +412,36 @@ fn the_segment_past_the_head_is_asked_before_postgresql_asks() {
     );
     call.run(&seg(3), &work.dest()).assert_code(1);
     assert_eq!(get_wal_runs(&barman, &seg(3)), 1, "{}", worker_log(&work));
+    remove_spool_and_wait(&work);
+}
+
+/// A recovery that replays faster than Barman answers does not wait at the
+/// archive's end: the worker, pacing PostgreSQL's requests, asks for the
+/// segment past the end while segments remain, not once the last one is
+/// taken.
+#[test]
+fn a_fast_replay_finds_the_probe_past_the_head_started_before_the_last_segment() {
+    let count = 8;
+    let barman = server(spec(StoredCompression::Zstd, count));
+    let work = Work::new();
+    let call = async_call(&barman, &work, 4, 5);
+    call.run(&seg(0), &work.dest()).assert_code(0);
+    for n in 1..count - 1 {
+        wait_for_spooled(&work, &seg(n), Duration::from_secs(10));
+        call.run(&seg(n), &work.dest()).assert_code(0);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || get_wal_runs(
+            &barman,
+            &seg(count)
+        ) == 1),
+        "nobody asked Barman for {} before the last segment was asked for; log:\n{}",
+        seg(count),
+        worker_log(&work)
+    );
+    wait_for_spooled(&work, &seg(count - 1), Duration::from_secs(10));
+    call.run(&seg(count - 1), &work.dest()).assert_code(0);
+    call.run(&seg(count), &work.dest()).assert_code(1);
     remove_spool_and_wait(&work);
 }
 
