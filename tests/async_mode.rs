@@ -97,11 +97,7 @@ fn slow_consumer_finds_every_file_ready_on_one_connection() {
     let call = async_call(&barman, &work, 4, 1);
     let first = call.run(&seg(0), &work.dest());
     first.assert_code(0);
-    assert!(
-        first.stderr.contains("delivered by the --async worker"),
-        "{}",
-        first.stderr
-    );
+    first.assert_says("delivered by the --async worker");
     assert_delivered(archive, &work.dest(), &seg(0));
     let mut hits = 0;
     for n in 1..count {
@@ -203,11 +199,7 @@ fn a_worker_that_cannot_start_means_a_direct_fetch() {
     fs::create_dir_all(work.spool.join(LOG)).unwrap();
     let out = async_call(&barman, &work, 4, 1).run(&seg(0), &work.dest());
     out.assert_code(0);
-    assert!(
-        out.stderr.contains("cannot start the --async worker"),
-        "{}",
-        out.stderr
-    );
+    out.assert_says("cannot start the --async worker");
     assert_delivered(archive, &work.dest(), &seg(0));
     assert!(!worker_running(&work));
 }
@@ -522,11 +514,7 @@ fn a_history_lookup_starts_the_worker_ahead_of_the_first_segment() {
     );
     let first = call.run(&seg(0), &work.dest());
     first.assert_code(0);
-    assert!(
-        first.stderr.contains("delivered by the --async worker"),
-        "{}",
-        first.stderr
-    );
+    first.assert_says("delivered by the --async worker");
     assert_delivered(barman.archive(), &work.dest(), &seg(0));
     assert_eq!(barman.stats().connections, 2, "{}", worker_log(&work));
     remove_spool_and_wait(&work);
@@ -554,11 +542,7 @@ fn the_first_segment_of_a_recovery_is_fetched_before_it_is_asked_for() {
     wait_for_spooled(&work, &seg(1), Duration::from_secs(10));
     let first = call.run(&seg(1), &work.dest());
     first.assert_code(0);
-    assert!(
-        first.stderr.contains("served from the spool"),
-        "{}",
-        first.stderr
-    );
+    first.assert_says("served from the spool");
     assert_delivered(barman.archive(), &work.dest(), &seg(1));
     remove_spool_and_wait(&work);
 }

@@ -126,11 +126,7 @@ fn an_encrypted_archive_is_asked_of_get_wal_and_remembered() {
     let call = Call::new(&barman, &work).args(["--direct-read", "-p", "1", "-v"]);
     let first = call.run(&seg(0), &work.dest());
     first.assert_code(0);
-    assert!(
-        first.stderr.contains("only Barman can read"),
-        "{}",
-        first.stderr
-    );
+    first.assert_says("only Barman can read");
     assert_delivered(barman.archive(), &work.dest(), &seg(0));
     for n in [1, 2] {
         call.run(&seg(n), &work.dest()).assert_code(0);

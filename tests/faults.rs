@@ -552,7 +552,7 @@ fn sigterm_and_sigint_during_a_transfer_remove_temp_files() {
                 running.signal(signal);
                 let out = running.wait();
                 out.assert_code(expected);
-                assert!(out.stderr.contains("temp files removed"), "{}", out.stderr);
+                out.assert_says("temp files removed");
                 assert!(temps(&work.pg_wal).is_empty(), "{:?}", temps(&work.pg_wal));
                 assert!(temps(&work.spool).is_empty(), "{:?}", temps(&work.spool));
                 assert!(names(&work.pg_wal).is_empty());

@@ -855,7 +855,7 @@ fn test_mode_checks_connection_and_configuration() {
         .server_name("nosuch")
         .run("DUMMY", "DUMMY".as_ref());
     out.assert_code(1);
-    assert!(out.stderr.contains("nosuch"), "{}", out.stderr);
+    out.assert_says("nosuch");
 
     let out = call
         .clone()

@@ -163,6 +163,16 @@ impl Outcome {
         }
     }
 
+    /// Asserts that stderr says `needle` somewhere (an INFO or WARNING line:
+    /// how the call got its file).
+    pub fn assert_says(&self, needle: &str) {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+    }
+
     pub fn assert_code(&self, code: i32) {
         assert_eq!(
             self.code, code,
