@@ -48,15 +48,22 @@ MODES=${*:-copy async async-direct p8}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
+# CPU accounting, per recovery: "barman" = the main sshd and everything it starts (sessions, shells,
+# Barman's Python), "pg" = PostgreSQL and everything it starts (the startup process replaying WAL,
+# every restore_command call, an --async worker). What a recovery needs from the 2 CPUs, and how
+# much of them it left idle, is what bounds the ratios.
+# shellcheck source=scripts/cpu-accounting.sh
+. "$ROOT/scripts/cpu-accounting.sh"
 if [[ -n ${BWR_STACK_DIR:-} ]]; then
     DIR=$BWR_STACK_DIR
     [[ -f $DIR/stack.env ]] || die "$DIR/stack.env missing"
+    trap 'cg_cleanup' EXIT
 else
     DIR=/tmp/bwr-pitr-$$
     log "stack up in $DIR"
     BWR_STACK_OWNER_PID=$$ bash "$STACK_SH" up "$DIR" >"$OUT/stack-up.log" 2>&1 \
         || { tail -20 "$OUT/stack-up.log" >&2; die "stack.sh up failed"; }
-    trap 'bash "$STACK_SH" down "$DIR" >/dev/null 2>&1 || true' EXIT
+    trap 'cg_cleanup; bash "$STACK_SH" down "$DIR" >/dev/null 2>&1 || true' EXIT
 fi
 if [[ ! -f $DIR/bench.env ]]; then
     log "bench-archive: $SEGMENTS segments of real WAL into config bench (zstd), with a base backup"
@@ -69,19 +76,8 @@ fi
 [[ -n ${BENCH_BASE_BACKUP:-} && -d $BENCH_BASE_BACKUP ]] \
     || die "$DIR/bench.env has no base backup: made by an older stack.sh; use a fresh stack"
 
-# CPU accounting, per recovery: "barman" = the main sshd and everything it starts (sessions, shells,
-# Barman's Python), "pg" = PostgreSQL and everything it starts (the startup process replaying WAL,
-# every restore_command call, an --async worker). What a recovery needs from the 2 CPUs, and how
-# much of them it left idle, is what bounds the ratios.
-# shellcheck source=scripts/cpu-accounting.sh
-. "$ROOT/scripts/cpu-accounting.sh"
 cg_init barman pg
 cg_join barman "$(<"$DIR/run/sshd-main.pid")"
-if [[ -n ${BWR_STACK_DIR:-} ]]; then
-    trap 'cg_cleanup' EXIT
-else
-    trap 'cg_cleanup; bash "$STACK_SH" down "$DIR" >/dev/null 2>&1 || true' EXIT
-fi
 HZ=$(getconf CLK_TCK)
 
 WORK="$DIR/pitr-work"

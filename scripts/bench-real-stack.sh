@@ -54,6 +54,9 @@ QUIET_WAIT=${BWR_BENCH_QUIET_WAIT:-900}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
+# shellcheck source=scripts/cpu-accounting.sh
+. "$ROOT/scripts/cpu-accounting.sh"   # before the traps that call cg_cleanup
+
 # ------------------------------------------------------------------ the stack
 if [[ -n ${BWR_STACK_DIR:-} ]]; then
     DIR=$BWR_STACK_DIR
@@ -116,8 +119,6 @@ cm_stop() {   # stop the ControlPersist master, if any (bounded: ssh -O exit ret
 # CPU accounting: "server" = the main sshd and everything it starts (sessions, shells, Barman's
 # Python) plus the local get-wal floor, "client" = the bench and everything it starts (our binary,
 # the Python client, its ssh processes). The rest of the busy CPU time is other work on the machine.
-# shellcheck source=scripts/cpu-accounting.sh
-. "$ROOT/scripts/cpu-accounting.sh"
 cg_init server client
 cg_join server "$(<"$DIR/run/sshd-main.pid")"
 [[ -n ${BWR_STACK_DIR:-} ]] && trap 'cm_stop; cg_cleanup' EXIT

@@ -44,12 +44,17 @@ cg_usage() {
 
 cg_cleanup() {
     [[ -n $CG ]] || return 0
-    local g p
+    local g p try
     for g in "$CG"/*/; do
-        for p in $(cat "$g/cgroup.procs" 2>/dev/null); do
-            echo "$p" >"$CG_ROOT/cgroup.procs" 2>/dev/null || true
+        # A process still exiting (the sshd session of a ControlMaster just
+        # stopped) keeps the group busy for a moment: retry, for at most 2 s.
+        for (( try = 0; try < 20; try++ )); do
+            for p in $(cat "$g/cgroup.procs" 2>/dev/null); do
+                echo "$p" >"$CG_ROOT/cgroup.procs" 2>/dev/null || true
+            done
+            rmdir "$g" 2>/dev/null && break
+            sleep 0.1   # polling interval of a bounded wait
         done
-        rmdir "$g" 2>/dev/null || true
     done
     rmdir "$CG" 2>/dev/null || true
 }
