@@ -500,7 +500,7 @@ impl Worker<'_> {
         }
         // A cursor outside the last listing (a jump, a new timeline) needs
         // a new one now; at the archive's head, only every HEAD_POLL.
-        let covered = self.peek_from.as_ref() == Some(&cursor) || self.listing.contains(&cursor);
+        let covered = self.listing_covers(&cursor);
         let due = match self.last_peek {
             Some(at) if covered && self.at_head => at.elapsed() >= HEAD_POLL,
             _ => true,
@@ -519,8 +519,14 @@ impl Worker<'_> {
     /// How many listed segments PostgreSQL has left after `cursor` before
     /// the archive's end, if the listing covers where it is.
     fn left_before_head(&self, cursor: &WalName) -> Option<usize> {
-        let covered = self.listing.contains(cursor) || self.peek_from.as_ref() == Some(cursor);
-        covered.then(|| self.listing.iter().filter(|n| follows(n, cursor)).count())
+        self.listing_covers(cursor)
+            .then(|| self.listing.iter().filter(|n| follows(n, cursor)).count())
+    }
+
+    /// Whether the last listing says where `cursor` is: it lists it, or
+    /// was asked from it (an empty answer there is still an answer).
+    fn listing_covers(&self, cursor: &WalName) -> bool {
+        self.peek_from.as_ref() == Some(cursor) || self.listing.contains(cursor)
     }
 
     /// PostgreSQL, `left` segments before the archive's end, will ask for
