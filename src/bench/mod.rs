@@ -232,8 +232,9 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     let report = BenchReport {
         target: if target.embedded.is_some() {
             format!(
-                "the embedded Barman ({:?}, {} MiB segments)",
-                args.stored, args.segment_mib
+                "the embedded Barman ({} archive, {} MiB segments)",
+                format!("{:?}", args.stored).to_lowercase(),
+                args.segment_mib
             )
         } else {
             format!("{} server {}", target.host, target.server)

@@ -169,6 +169,23 @@ impl Summary {
             on_off(self.setting.async_mode)
         )
     }
+
+    /// The setting as the flags a user would type (`--keep-compression`
+    /// is our default, so only its absence is spelled out).
+    fn flags(&self) -> String {
+        let s = &self.setting;
+        let mut flags = format!("-p {}", s.parallel);
+        for (on, flag) in [
+            (!s.keep_compression, " --no-keep-compression"),
+            (s.direct_read, " --direct-read"),
+            (s.async_mode, " --async"),
+        ] {
+            if on {
+                flags.push_str(flag);
+            }
+        }
+        flags
+    }
 }
 
 /// The table, one row per program and setting, then the ratios.
@@ -267,7 +284,71 @@ pub fn render_table(report: &BenchReport) -> String {
             "\n{bad} call(s) failed or delivered different bytes; see --json for details\n"
         ));
     }
+    out.push('\n');
+    out.push_str(&verdict(report));
+    out.push('\n');
     out
+}
+
+/// The one line a newcomer reads: what was measured, and the ratio of the
+/// fastest of our settings to the first one (and to the compared command,
+/// when there is one). Failed calls void the ratios: a fast failure is no
+/// result.
+pub fn verdict(report: &BenchReport) -> String {
+    let what = format!(
+        "{} sequential restore_command calls from {}",
+        report.count, report.target
+    );
+    let bad: usize = report
+        .summaries
+        .iter()
+        .map(|s| s.failed + s.mismatched)
+        .sum();
+    if bad > 0 {
+        return format!(
+            "Result: {what}: {bad} call(s) failed or delivered wrong bytes, no ratio to report."
+        );
+    }
+    let ours: Vec<&Summary> = report
+        .summaries
+        .iter()
+        .filter(|s| s.program == "ours")
+        .collect();
+    let (Some(first), Some(best)) = (
+        ours.first(),
+        ours.iter()
+            .min_by(|a, b| a.wall_seconds.total_cmp(&b.wall_seconds)),
+    ) else {
+        return format!("Result: {what}: nothing was measured.");
+    };
+    let mut line = format!(
+        "Result: {what}: ours with {} took {:.2} s",
+        best.flags(),
+        best.wall_seconds
+    );
+    if !std::ptr::eq(*first, *best) {
+        line.push_str(&format!(
+            ", {:.2} times faster than with {} ({:.2} s)",
+            first.wall_seconds / best.wall_seconds.max(1e-9),
+            first.flags(),
+            first.wall_seconds
+        ));
+    }
+    let compared = report.summaries.iter().find(|s| {
+        s.program != "ours"
+            && s.setting.parallel == best.setting.parallel
+            && s.setting.keep_compression == best.setting.keep_compression
+    });
+    if let Some(other) = compared {
+        line.push_str(&format!(
+            "; {:.2} times faster than {} at the same -p ({:.2} s)",
+            other.wall_seconds / best.wall_seconds.max(1e-9),
+            other.program,
+            other.wall_seconds
+        ));
+    }
+    line.push('.');
+    line
 }
 
 #[cfg(test)]
@@ -279,5 +360,65 @@ mod tests {
         let l = Latency::of(vec![0.005, 0.001, 0.003, 0.002, 0.004]);
         assert_eq!((l.count, l.p50_ms, l.max_ms), (5, 3.0, 5.0));
         assert_eq!(Latency::of(vec![]).render(), "-");
+    }
+
+    fn summary(program: &str, parallel: usize, wall_seconds: f64, failed: usize) -> Summary {
+        Summary {
+            program: program.to_string(),
+            setting: Setting {
+                parallel,
+                keep_compression: true,
+                direct_read: false,
+                async_mode: false,
+            },
+            calls: 32,
+            failed,
+            mismatched: 0,
+            wall_seconds,
+            waited_seconds: wall_seconds,
+            segments_per_second: 0.0,
+            mib_per_second: 0.0,
+            hits: Latency::default(),
+            misses: Latency::default(),
+            connections: None,
+            channels: None,
+            cpu_seconds: 0.0,
+            peak_rss_mib: 0.0,
+            records: Vec::new(),
+            worker: None,
+        }
+    }
+
+    fn report(summaries: Vec<Summary>) -> BenchReport {
+        BenchReport {
+            target: "the embedded Barman".to_string(),
+            first_wal: "000000010000000000000001".to_string(),
+            count: 32,
+            summaries,
+        }
+    }
+
+    #[test]
+    fn the_table_ends_with_one_line_naming_what_was_measured_and_the_ratio() {
+        let r = report(vec![
+            summary("ours", 0, 9.0, 0),
+            summary("ours", 8, 3.0, 0),
+            summary("compare", 8, 12.0, 0),
+        ]);
+        let table = render_table(&r);
+        assert_eq!(
+            table.lines().last().unwrap(),
+            "Result: 32 sequential restore_command calls from the embedded Barman: ours with -p 8 took \
+             3.00 s, 3.00 times faster than with -p 0 (9.00 s); 4.00 times faster than compare \
+             at the same -p (12.00 s)."
+        );
+    }
+
+    #[test]
+    fn failed_calls_void_the_ratio() {
+        let r = report(vec![summary("ours", 0, 9.0, 0), summary("ours", 8, 0.1, 3)]);
+        let line = verdict(&r);
+        assert!(line.contains("3 call(s) failed"), "{line}");
+        assert!(!line.contains("times faster"), "{line}");
     }
 }

@@ -1,0 +1,33 @@
+//! `barman-wal-bench --embedded`, the README's first command, as a newcomer
+//! runs it: it finds the restore binary beside itself, measures, and ends
+//! with one line saying what was measured and the ratio.
+
+use std::process::Command;
+
+#[test]
+fn the_embedded_run_ends_with_a_line_saying_what_was_measured() {
+    let out = Command::new(env!("CARGO_BIN_EXE_barman-wal-bench"))
+        .args(["--embedded", "--count", "4", "-p", "0,2"])
+        .args(["--segment-mib", "1", "--command-latency-ms", "5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "Result: 4 sequential restore_command calls from the embedded Barman \
+             (zstd archive, 1 MiB segments): ours with -p "
+        ),
+        "last line: {last}"
+    );
+    assert!(
+        last.ends_with(" s).") || last.ends_with(" s."),
+        "last line: {last}"
+    );
+}
