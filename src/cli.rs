@@ -67,19 +67,31 @@ impl ConnectionArgs {
     }
 }
 
+/// What `--version` prints: this implementation (not the Python original),
+/// its version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (Rust implementation, commit ",
+    env!("BWR_BUILD_COMMIT"),
+    ")"
+);
+
 /// This script will be used as a 'restore_command' based on the get-wal
 /// feature of Barman. A ssh connection will be opened to the Barman host.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "barman-wal-restore",
-    version,
+    version = VERSION,
     disable_version_flag = true,
     // argparse lets a repeated option win; `barman restore` and wrapper
     // scripts rely on it.
     args_override_self = true,
     group(ArgGroup::new("compression").args(["gzip", "bzip2", "keep_compression", "no_keep_compression"])),
-    after_help = "Exit codes: 0 the file is at WAL_DEST; 1 Barman does not have it; \
-                  2 connection failure; 3 local problem (WAL_DEST, spool, arguments)."
+    after_help = "Exit status: 0 the file is at WAL_DEST; 1 Barman does not have it (or its copy \
+                  is damaged); 2 connection, authentication or transport failure, or a usage \
+                  error (as argparse); 3 local problem (WAL_DEST, spool, WAL or server name); \
+                  any other remote status is clamped to 1..125; 130/143 interrupted by \
+                  SIGINT/SIGTERM; 255 only with --on-failure: recovery deliberately stopped."
 )]
 pub struct RestoreArgs {
     /// Print the version and exit

@@ -54,7 +54,7 @@ impl RecoveryMode {
 /// found" turns into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FailurePolicy {
-    /// Stop an archive recovery ([`ABORT_RECOVERY`]); elsewhere report
+    /// Stop an archive recovery (status 255); elsewhere report
     /// "not available" as usual.
     #[default]
     Auto,

@@ -924,6 +924,31 @@ fn version_exits_0() {
             "{}",
             out.stdout
         );
+        // A fleet mixing us with the Python original tells them apart, and
+        // knows which build runs.
+        let commit = out
+            .stdout
+            .split("(Rust implementation, commit ")
+            .nth(1)
+            .and_then(|rest| rest.trim_end().strip_suffix(')'));
+        assert!(
+            commit.is_some_and(|c| c.len() == 12 && c.chars().all(|c| c.is_ascii_hexdigit())),
+            "{}",
+            out.stdout
+        );
+    }
+}
+
+/// `--help` is read by people: no rustdoc link syntax, and the exit-status
+/// footer names every status we use.
+#[test]
+fn help_is_plain_text_and_names_every_exit_status() {
+    let out = run_argv(&["--help"]);
+    out.assert_code(0);
+    assert!(!out.stdout.contains("[`"), "{}", out.stdout);
+    let footer = out.stdout.split("Exit status:").nth(1).unwrap_or_default();
+    for status in ["0 ", "1 ", "2 ", "3 ", "1..125", "130/143", "255"] {
+        assert!(footer.contains(status), "{status} missing from: {footer}");
     }
 }
 

@@ -12,7 +12,7 @@ use crate::embedded_barman::StoredCompression;
 /// each a new process exactly as PostgreSQL runs them, side by side with
 /// another restore_command (`--compare`).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "barman-wal-bench", version, args_override_self = true)]
+#[command(name = "barman-wal-bench", version = crate::cli::VERSION, args_override_self = true)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
