@@ -4,17 +4,21 @@
 //! - [`options`]: the command line.
 //! - [`runner`]: measurement, one process per call, digests checked.
 //! - [`report`]: summaries, the table and JSON.
+//! - [`relay`]: `--rtt` and `--bandwidth`, a shaped relay standing in for a
+//!   WAN between the standby and the Barman host.
 //!
 //! Settings run interleaved (ours, then the compared command, setting by
 //! setting) so a noisy machine affects both alike, and ratios come from one
 //! run.
 
 pub mod options;
+pub mod relay;
 pub mod report;
 pub mod runner;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,26 +28,59 @@ use crate::embedded_barman::{
 };
 use crate::wal::WalName;
 use options::{BenchArgs, OnOff};
+use relay::{LinkShape, Relay};
 use report::{BenchReport, Summary};
 use runner::{Oracle, Program, Setting};
 
 /// What the bench runs against.
 struct Target {
-    host: String,
     server: String,
     first: WalName,
-    connection_args: Vec<String>,
+    description: String,
     /// Kept alive for the run; counts connections server-side.
     embedded: Option<BackgroundBarman>,
+    /// One per `--rtt` value.
+    links: Vec<Link>,
 }
 
-fn connection_args(args: &BenchArgs) -> Vec<String> {
+/// One way to reach the target: directly, or through a shaped relay.
+struct Link {
+    rtt_ms: u64,
+    /// BARMAN_HOST and the flags ours is given.
+    host: String,
+    connection_args: Vec<String>,
+    /// Where the compared command connects (`%H %P`).
+    connect_host: String,
+    connect_port: u16,
+    /// Kept alive for the run.
+    _relay: Option<Relay>,
+}
+
+/// How ours reaches the target without a relay, and what a relay needs to
+/// stand in front of it.
+struct Direct {
+    host: String,
+    port: u16,
+    flags: FlagsFor,
+    /// The target's address and its keys as known_hosts lines for
+    /// `[127.0.0.1]:PORT`, for a relay; resolved only when one is asked for.
+    for_relay: Box<dyn Fn() -> Result<(SocketAddr, KeysAt), String>>,
+}
+
+/// The flags for ours, given the port and known_hosts file to use (`None`:
+/// the target's own).
+type FlagsFor = Box<dyn Fn(Option<(u16, &Path)>) -> Vec<String>>;
+
+/// The target's host keys as known_hosts lines for a given relay port.
+type KeysAt = Box<dyn Fn(u16) -> Result<Vec<String>, String>>;
+
+fn connection_args(args: &BenchArgs, through: Option<(u16, &Path)>) -> Vec<String> {
     let c = &args.connection;
     let mut out = Vec::new();
     if let Some(user) = &c.user {
         out.extend(["-U".to_string(), user.clone()]);
     }
-    if let Some(port) = c.port {
+    if let Some(port) = through.map(|(port, _)| port).or(c.port) {
         out.extend(["--port".to_string(), port.to_string()]);
     }
     if let Some(config) = &c.config {
@@ -52,7 +89,10 @@ fn connection_args(args: &BenchArgs) -> Vec<String> {
     for identity in &c.identity {
         out.extend(["-i".to_string(), identity.display().to_string()]);
     }
-    if let Some(kh) = &c.known_hosts {
+    let known_hosts = through
+        .map(|(_, file)| file.to_path_buf())
+        .or(c.known_hosts.clone());
+    if let Some(kh) = known_hosts {
         out.extend(["--known-hosts".to_string(), kh.display().to_string()]);
     }
     if let Some(cfg) = &c.ssh_config {
@@ -65,17 +105,93 @@ fn connection_args(args: &BenchArgs) -> Vec<String> {
     out
 }
 
-fn prepare_target(args: &BenchArgs) -> Result<Target, String> {
+fn bits_per_second(args: &BenchArgs) -> Result<Option<u64>, String> {
+    match args.bandwidth {
+        Some(mbit) if mbit.is_finite() && mbit > 0.0 => Ok(Some((mbit * 1e6) as u64)),
+        Some(mbit) => Err(format!("--bandwidth {mbit}: give a rate above 0 Mbit/s")),
+        None => Ok(None),
+    }
+}
+
+/// The links to measure: one per `--rtt` value, each direct or through a
+/// relay of its own.
+fn links(args: &BenchArgs, direct: &Direct, work: &Path) -> Result<Vec<Link>, String> {
+    let bits_per_second = bits_per_second(args)?;
+    let mut links = Vec::new();
+    let mut next_relay_port = args.relay_port;
+    for &rtt_ms in &args.rtt {
+        let shape = LinkShape {
+            round_trip: Duration::from_millis(rtt_ms),
+            bits_per_second,
+        };
+        if shape.is_loopback() {
+            links.push(Link {
+                rtt_ms,
+                host: direct.host.clone(),
+                connection_args: (direct.flags)(None),
+                connect_host: direct.host.clone(),
+                connect_port: direct.port,
+                _relay: None,
+            });
+            continue;
+        }
+        let (address, keys_at) = (direct.for_relay)()?;
+        let relay = Relay::start(address, shape, next_relay_port.unwrap_or(0))
+            .map_err(|e| format!("starting the --rtt/--bandwidth relay: {e}"))?;
+        let port = relay.address().port();
+        next_relay_port = next_relay_port.map(|p| p.saturating_add(1));
+        let known_hosts = work.join(format!("bwr-bench-relay-{port}.known_hosts"));
+        std::fs::write(&known_hosts, keys_at(port)?.join("\n") + "\n")
+            .map_err(|e| format!("writing {}: {e}", known_hosts.display()))?;
+        eprintln!(
+            "relay on 127.0.0.1:{port} -> {address}: {rtt_ms} ms round trip{}",
+            bits_per_second
+                .map(|b| format!(", {} Mbit/s each way", b as f64 / 1e6))
+                .unwrap_or_default()
+        );
+        links.push(Link {
+            rtt_ms,
+            // Ours connects to the relay by address: the user's ssh_config
+            // for the alias no longer applies (say -U and -i).
+            host: "127.0.0.1".to_string(),
+            connection_args: (direct.flags)(Some((port, &known_hosts))),
+            connect_host: "127.0.0.1".to_string(),
+            connect_port: port,
+            _relay: Some(relay),
+        });
+    }
+    Ok(links)
+}
+
+fn prepare_target(args: &BenchArgs, work: &Path) -> Result<Target, String> {
+    let link_note = match args.bandwidth {
+        Some(mbit) => format!(" through a relay of {mbit} Mbit/s"),
+        None => String::new(),
+    };
     if !args.embedded {
         let first = args
             .from
             .as_deref()
             .ok_or("--from WAL is required against a real Barman")?;
+        let host = args.barman_host.clone().unwrap_or_default();
+        let server = args.server_name.clone().unwrap_or_default();
+        let direct = Direct {
+            host: host.clone(),
+            port: args.connection.port.unwrap_or(22),
+            flags: {
+                let args = args.clone();
+                Box::new(move |through| connection_args(&args, through))
+            },
+            for_relay: {
+                let args = args.clone();
+                Box::new(move || real_target_for_relay(&args, &host))
+            },
+        };
         return Ok(Target {
-            host: args.barman_host.clone().unwrap_or_default(),
-            server: args.server_name.clone().unwrap_or_default(),
+            description: format!("{} server {server}{link_note}", direct.host),
+            links: links(args, &direct, work)?,
+            server,
             first: WalName::parse(first).map_err(|e| e.to_string())?,
-            connection_args: connection_args(args),
             embedded: None,
         });
     }
@@ -108,26 +224,87 @@ fn prepare_target(args: &BenchArgs) -> Result<Target, String> {
     };
     let barman =
         EmbeddedBarman::start_in_background(config).map_err(|e| format!("embedded Barman: {e}"))?;
-    let connection_args = vec![
-        "-U".to_string(),
-        "barman".to_string(),
-        "--port".to_string(),
-        barman.port().to_string(),
-        "-i".to_string(),
-        barman.client_key_path().display().to_string(),
-        "--known-hosts".to_string(),
-        barman.known_hosts_path().display().to_string(),
-        // The user's own ssh_config has no say over the embedded server.
-        "-F".to_string(),
-        "/dev/null".to_string(),
-    ];
-    Ok(Target {
+    let key_line = barman.known_hosts_line();
+    let key = key_line
+        .split_once(' ')
+        .map_or(String::new(), |(_, key)| key.to_string());
+    let own_known_hosts = barman.known_hosts_path().to_path_buf();
+    let key_path = barman.client_key_path().to_path_buf();
+    let (port, address) = (barman.port(), barman.address());
+    let direct = Direct {
         host: "127.0.0.1".to_string(),
+        port,
+        flags: Box::new(move |through: Option<(u16, &Path)>| {
+            let (port, known_hosts) = through.unwrap_or((port, &own_known_hosts));
+            vec![
+                "-U".to_string(),
+                "barman".to_string(),
+                "--port".to_string(),
+                port.to_string(),
+                "-i".to_string(),
+                key_path.display().to_string(),
+                "--known-hosts".to_string(),
+                known_hosts.display().to_string(),
+                // The user's own ssh_config has no say over the embedded server.
+                "-F".to_string(),
+                "/dev/null".to_string(),
+            ]
+        }),
+        for_relay: Box::new(move || {
+            let key = key.clone();
+            let keys_at: KeysAt =
+                Box::new(move |port| Ok(vec![format!("[127.0.0.1]:{port} {key}")]));
+            Ok((address, keys_at))
+        }),
+    };
+    Ok(Target {
         server: barman.servers()[0].clone(),
         first: WalName::parse(&first).map_err(|e| e.to_string())?,
-        connection_args,
+        description: format!(
+            "the embedded Barman ({} archive, {} MiB segments){link_note}",
+            format!("{:?}", args.stored).to_lowercase(),
+            args.segment_mib
+        ),
+        links: links(args, &direct, work)?,
         embedded: Some(barman),
     })
+}
+
+/// A real Barman host for a relay: its address as ssh_config resolves it,
+/// and the keys known_hosts holds for it.
+fn real_target_for_relay(args: &BenchArgs, host: &str) -> Result<(SocketAddr, KeysAt), String> {
+    let ssh = crate::ssh::SshTarget::resolve(&args.connection.connect_options(host))
+        .map_err(|e| format!("resolving {host}: {e}"))?;
+    let address = (ssh.host_name.as_str(), ssh.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot resolve {}:{}", ssh.host_name, ssh.port))?;
+    let lookup = if ssh.port == 22 {
+        ssh.host_name.clone()
+    } else {
+        format!("[{}]:{}", ssh.host_name, ssh.port)
+    };
+    let file = args
+        .connection
+        .known_hosts
+        .clone()
+        .or_else(|| crate::ssh::target::passwd_home().map(|h| h.join(".ssh/known_hosts")))
+        .ok_or("no known_hosts file: pass --known-hosts")?;
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let keys_at: KeysAt = Box::new(move |port| {
+        let lines = relay::rekey_known_hosts(&text, &lookup, port);
+        if lines.is_empty() {
+            return Err(format!(
+                "{} has no plain entry for {lookup}: the relay can only vouch for keys it can \
+                 match to the target (hashed entries say no host)",
+                file.display()
+            ));
+        }
+        Ok(lines)
+    });
+    Ok((address, keys_at))
 }
 
 fn restore_bin(args: &BenchArgs) -> Result<PathBuf, String> {
@@ -148,7 +325,8 @@ fn restore_bin(args: &BenchArgs) -> Result<PathBuf, String> {
 
 /// Runs the whole bench and prints the table; returns the exit status.
 pub fn run(args: &BenchArgs) -> Result<i32, String> {
-    let target = prepare_target(args)?;
+    let work = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let target = prepare_target(args, &work)?;
     let bin = restore_bin(args)?;
     let mut names = Vec::with_capacity(args.count);
     let mut next = Some(target.first.clone());
@@ -158,39 +336,45 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
         next = wal.next_segment(segment_size);
         names.push(wal);
     }
-    let work = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut ours_args = target.connection_args.clone();
-    ours_args.extend([target.host.clone(), target.server.clone()]);
-    let compare = args.compare.as_ref().map(|t| Program::Template(t.clone()));
-
     // The compared command runs once per -p/keep setting, right after ours.
-    let ours = Program::Ours {
-        bin: bin.clone(),
-        args: ours_args,
-    };
     let on = |v: &[OnOff]| v.iter().map(|&x| x == OnOff::On).collect::<Vec<bool>>();
-    let mut runs: Vec<(&str, &Program, Setting)> = Vec::new();
-    for &parallel in &args.parallel {
-        for keep_compression in on(&args.keep_compression) {
-            for direct_read in on(&args.direct_read) {
-                for async_mode in on(&args.async_mode) {
-                    let setting = Setting {
-                        parallel,
-                        keep_compression,
-                        direct_read,
-                        async_mode,
-                    };
-                    runs.push(("ours", &ours, setting));
-                }
-            }
-            if let Some(compare) = &compare {
+    let mut runs: Vec<(&str, Program, Setting)> = Vec::new();
+    for link in &target.links {
+        let mut ours_args = link.connection_args.clone();
+        ours_args.extend([link.host.clone(), target.server.clone()]);
+        let ours = Program::Ours {
+            bin: bin.clone(),
+            args: ours_args,
+        };
+        let compare = args.compare.as_ref().map(|t| {
+            Program::Template(runner::expand_endpoint(
+                t,
+                &link.connect_host,
+                link.connect_port,
+            ))
+        });
+        for &parallel in &args.parallel {
+            for keep_compression in on(&args.keep_compression) {
                 let setting = Setting {
                     parallel,
                     keep_compression,
                     direct_read: false,
                     async_mode: false,
+                    rtt_ms: link.rtt_ms,
                 };
-                runs.push(("compare", compare, setting));
+                for direct_read in on(&args.direct_read) {
+                    for async_mode in on(&args.async_mode) {
+                        let ours_setting = Setting {
+                            direct_read,
+                            async_mode,
+                            ..setting
+                        };
+                        runs.push(("ours", ours.clone(), ours_setting));
+                    }
+                }
+                if let Some(compare) = &compare {
+                    runs.push(("compare", compare.clone(), setting));
+                }
             }
         }
     }
@@ -209,7 +393,8 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     let mut oracle = Oracle::default();
     let mut summaries = Vec::new();
     let replay = Duration::from_millis(args.replay_ms);
-    for &(label, program, setting) in &runs {
+    for (label, program, setting) in &runs {
+        let (label, setting) = (*label, *setting);
         bar.set_message(format!("{label} -p {}", setting.parallel));
         let before = target.embedded.as_ref().map(|b| b.stats());
         let run = runner::run_calls(program, &names, &work, setting, replay, &mut oracle, || {
@@ -230,15 +415,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     }
     bar.finish_and_clear();
     let report = BenchReport {
-        target: if target.embedded.is_some() {
-            format!(
-                "the embedded Barman ({} archive, {} MiB segments)",
-                format!("{:?}", args.stored).to_lowercase(),
-                args.segment_mib
-            )
-        } else {
-            format!("{} server {}", target.host, target.server)
-        },
+        target: target.description.clone(),
         first_wal: target.first.to_string(),
         count: names.len(),
         summaries,

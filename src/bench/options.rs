@@ -68,7 +68,8 @@ pub struct BenchArgs {
     /// by setting, e.g. 'barman-wal-restore.py -U barman -p %j %k --spool-dir
     /// %s barman angus %f %p'. Placeholders: %f WAL name, %p destination,
     /// %s a fresh spool directory, %j the -p value, %k --keep-compression or
-    /// nothing
+    /// nothing, %H %P the host and port to connect to (the relay's under
+    /// --rtt/--bandwidth)
     #[arg(long, value_name = "TEMPLATE")]
     pub compare: Option<String>,
 
@@ -84,6 +85,23 @@ pub struct BenchArgs {
     /// temp directory; put it on the filesystem of pg_wal to be realistic]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+
+    /// Round trips to measure, in ms, comma-separated: each but 0 puts a
+    /// WAN in front of the target, a relay on 127.0.0.1 that delays each
+    /// direction by half the round trip
+    #[arg(long, value_name = "MS", value_delimiter = ',', default_values_t = vec![0u64])]
+    pub rtt: Vec<u64>,
+
+    /// The relay also paces each direction to this rate, in Mbit/s
+    #[arg(long, value_name = "MBIT")]
+    pub bandwidth: Option<f64>,
+
+    /// The first relay's port on 127.0.0.1, the next relays' the ports
+    /// after it [default: free ones], so that known_hosts lines for
+    /// `[127.0.0.1]:PORT` can be written before the run for the compared
+    /// command (ours is told the target's keys)
+    #[arg(long, value_name = "PORT")]
+    pub relay_port: Option<u16>,
 
     /// Embedded: stored compression of the generated archive (none, gzip,
     /// bzip2, xz, zstd, lz4, snappy, mixed)

@@ -162,12 +162,20 @@ fn on_off(b: bool) -> &'static str {
 impl Summary {
     fn setting(&self) -> String {
         format!(
-            "-p {} keep {} direct {} async {}",
+            "-p {} keep {} direct {} async {}{}",
             self.setting.parallel,
             on_off(self.setting.keep_compression),
             on_off(self.setting.direct_read),
-            on_off(self.setting.async_mode)
+            on_off(self.setting.async_mode),
+            self.at_rtt()
         )
+    }
+
+    fn at_rtt(&self) -> String {
+        match self.setting.rtt_ms {
+            0 => String::new(),
+            ms => format!(" at {ms} ms RTT"),
+        }
     }
 
     /// The setting as the flags a user would type (`--keep-compression`
@@ -184,7 +192,7 @@ impl Summary {
                 flags.push_str(flag);
             }
         }
-        flags
+        flags + &self.at_rtt()
     }
 }
 
@@ -195,12 +203,13 @@ pub fn render_table(report: &BenchReport) -> String {
         report.count, report.first_wal, report.target
     );
     out.push_str(&format!(
-        "{:<8} {:>3} {:>4} {:>6} {:>5} {:>8} {:>8} {:>6} {:>7} {:>15} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
+        "{:<8} {:>3} {:>4} {:>6} {:>5} {:>4} {:>8} {:>8} {:>6} {:>7} {:>15} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
         "program",
         "-p",
         "keep",
         "direct",
         "async",
+        "rtt",
         "wall s",
         "waited s",
         "seg/s",
@@ -215,12 +224,13 @@ pub fn render_table(report: &BenchReport) -> String {
     ));
     for s in &report.summaries {
         out.push_str(&format!(
-            "{:<8} {:>3} {:>4} {:>6} {:>5} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>15} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
+            "{:<8} {:>3} {:>4} {:>6} {:>5} {:>4} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>15} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
             s.program,
             s.setting.parallel,
             on_off(s.setting.keep_compression),
             on_off(s.setting.direct_read),
             on_off(s.setting.async_mode),
+            s.setting.rtt_ms,
             s.wall_seconds,
             s.waited_seconds,
             s.segments_per_second,
@@ -249,6 +259,7 @@ pub fn render_table(report: &BenchReport) -> String {
             s.program != "ours"
                 && s.setting.parallel == o.setting.parallel
                 && s.setting.keep_compression == o.setting.keep_compression
+                && s.setting.rtt_ms == o.setting.rtt_ms
         }) {
             ratios.push_str(&format!(
                 "  {}: ours is {:.2} times faster than {} ({:.2} s vs {:.2} s)\n",
@@ -338,10 +349,11 @@ pub fn verdict(report: &BenchReport) -> String {
         s.program != "ours"
             && s.setting.parallel == best.setting.parallel
             && s.setting.keep_compression == best.setting.keep_compression
+            && s.setting.rtt_ms == best.setting.rtt_ms
     });
     if let Some(other) = compared {
         line.push_str(&format!(
-            "; {:.2} times faster than {} at the same -p ({:.2} s)",
+            "; {:.2} times faster than {} at the same setting ({:.2} s)",
             other.wall_seconds / best.wall_seconds.max(1e-9),
             other.program,
             other.wall_seconds
@@ -370,6 +382,7 @@ mod tests {
                 keep_compression: true,
                 direct_read: false,
                 async_mode: false,
+                rtt_ms: 0,
             },
             calls: 32,
             failed,
@@ -410,7 +423,7 @@ mod tests {
             table.lines().last().unwrap(),
             "Result: 32 sequential restore_command calls from the embedded Barman: ours with -p 8 took \
              3.00 s, 3.00 times faster than with -p 0 (9.00 s); 4.00 times faster than compare \
-             at the same -p (12.00 s)."
+             at the same setting (12.00 s)."
         );
     }
 

@@ -30,6 +30,8 @@ pub struct Setting {
     pub direct_read: bool,
     /// Ours only: `--async`.
     pub async_mode: bool,
+    /// The round trip the relay adds (`--rtt`), 0 for none.
+    pub rtt_ms: u64,
 }
 
 /// How long the `--async` worker may take to leave once the run's spool is
@@ -147,6 +149,30 @@ pub fn expand_template(
                 }
             }
             Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Substitutes `%H` and `%P`, where the compared command connects (the
+/// relay's address under `--rtt`/`--bandwidth`); the other placeholders are
+/// left for [`expand_template`], call by call.
+pub fn expand_endpoint(template: &str, host: &str, port: u16) -> String {
+    let mut out = String::new();
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('H') => out.push_str(&shell_quote(host)),
+            Some('P') => out.push_str(&port.to_string()),
             Some(other) => {
                 out.push('%');
                 out.push(other);
@@ -349,5 +375,11 @@ mod tests {
             s,
             "bwr -p 8 --keep-compression --spool-dir '/tmp/it'\\''s' h s '000000010000000000000001' '/d/RECOVERYXLOG' 100%"
         );
+    }
+
+    #[test]
+    fn the_endpoint_is_substituted_first_and_the_rest_left_for_each_call() {
+        let s = expand_endpoint("ssh-wrap --port %P %H s %f %p 100%%", "127.0.0.1", 7000);
+        assert_eq!(s, "ssh-wrap --port 7000 '127.0.0.1' s %f %p 100%%");
     }
 }
