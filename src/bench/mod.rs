@@ -361,6 +361,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
                     direct_read: false,
                     async_mode: false,
                     rtt_ms: link.rtt_ms,
+                    clients: args.clients as usize,
                 };
                 for direct_read in on(&args.direct_read) {
                     for async_mode in on(&args.async_mode) {
@@ -378,7 +379,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
             }
         }
     }
-    let total = (runs.len() * names.len()) as u64;
+    let total = (runs.len() * names.len() * args.clients as usize) as u64;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(total);
         bar.set_style(
@@ -390,17 +391,30 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
         ProgressBar::hidden()
     };
 
-    let mut oracle = Oracle::default();
+    let oracle = std::sync::Mutex::new(Oracle::default());
     let mut summaries = Vec::new();
     let replay = Duration::from_millis(args.replay_ms);
+    let barman_cpu = || -> Result<Option<f64>, String> {
+        args.barman_cgroup
+            .as_ref()
+            .map(|dir| {
+                runner::cgroup_cpu_seconds(dir)
+                    .map_err(|e| format!("--barman-cgroup {}: {e}", dir.display()))
+            })
+            .transpose()
+    };
     for (label, program, setting) in &runs {
         let (label, setting) = (*label, *setting);
         bar.set_message(format!("{label} -p {}", setting.parallel));
         let before = target.embedded.as_ref().map(|b| b.stats());
-        let run = runner::run_calls(program, &names, &work, setting, replay, &mut oracle, || {
+        let cpu_before = barman_cpu()?;
+        let run = runner::run_clients(program, &names, &work, setting, replay, &oracle, &|| {
             bar.inc(1)
         })
         .map_err(|e| format!("running {label}: {e}"))?;
+        let barman_cpu_seconds = cpu_before
+            .zip(barman_cpu()?)
+            .map(|(before, after)| after - before);
         let server_counts = match (&target.embedded, before) {
             (Some(b), Some(before)) => {
                 let after = b.stats();
@@ -411,7 +425,9 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
             }
             _ => None,
         };
-        summaries.push(Summary::new(label, setting, run, server_counts));
+        let mut summary = Summary::new(label, setting, run, server_counts);
+        summary.barman_cpu_seconds = barman_cpu_seconds;
+        summaries.push(summary);
     }
     bar.finish_and_clear();
     let report = BenchReport {

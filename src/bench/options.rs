@@ -86,6 +86,18 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
 
+    /// How many restore sequences run at once against the one Barman, each
+    /// a standby of its own (own spool, own destination), each calling as
+    /// PostgreSQL does; seg/s is then the aggregate
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub clients: u64,
+
+    /// A cgroup holding the Barman side (its sshd, and so every get-wal):
+    /// the table adds its CPU per delivered segment. Reads cpuacct.usage
+    /// (cgroup v1) or cpu.stat (v2)
+    #[arg(long, value_name = "DIR")]
+    pub barman_cgroup: Option<PathBuf>,
+
     /// Round trips to measure, in ms, comma-separated: each but 0 puts a
     /// WAN in front of the target, a relay on 127.0.0.1 that delays each
     /// direction by half the round trip

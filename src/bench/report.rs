@@ -29,6 +29,8 @@ pub struct Summary {
     pub cpu_seconds: f64,
     /// The largest of any call and the worker.
     pub peak_rss_mib: f64,
+    /// `--barman-cgroup`: what the Barman side spent on this setting.
+    pub barman_cpu_seconds: Option<f64>,
     pub records: Vec<CallRecord>,
     pub worker: Option<super::runner::WorkerRecord>,
 }
@@ -131,6 +133,7 @@ impl Summary {
                 .max()
                 .unwrap_or(0) as f64
                 / 1024.0,
+            barman_cpu_seconds: None,
             records,
             worker,
         }
@@ -198,10 +201,22 @@ impl Summary {
 
 /// The table, one row per program and setting, then the ratios.
 pub fn render_table(report: &BenchReport) -> String {
+    let clients = report.summaries.first().map_or(1, |s| s.setting.clients);
     let mut out = format!(
-        "{} sequential restore_command calls from {} against {}\n\n",
-        report.count, report.first_wal, report.target
+        "{} sequential restore_command calls{} from {} against {}\n\n",
+        report.count,
+        if clients > 1 {
+            format!(" per client, {clients} clients at once (seg/s and MiB/s: all clients)")
+        } else {
+            String::new()
+        },
+        report.first_wal,
+        report.target
     );
+    let with_barman_cpu = report
+        .summaries
+        .iter()
+        .any(|s| s.barman_cpu_seconds.is_some());
     out.push_str(&format!(
         "{:<8} {:>3} {:>4} {:>6} {:>5} {:>4} {:>8} {:>8} {:>6} {:>7} {:>15} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
         "program",
@@ -222,6 +237,9 @@ pub fn render_table(report: &BenchReport) -> String {
         "RSS MiB",
         "failed"
     ));
+    if with_barman_cpu {
+        out.insert_str(out.len() - 1, "  barman cpu ms/seg");
+    }
     for s in &report.summaries {
         out.push_str(&format!(
             "{:<8} {:>3} {:>4} {:>6} {:>5} {:>4} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>15} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
@@ -247,6 +265,13 @@ pub fn render_table(report: &BenchReport) -> String {
                 s.failed.to_string()
             }
         ));
+        if let Some(cpu) = s.barman_cpu_seconds {
+            let delivered = (s.calls - s.failed).max(1) as f64;
+            out.insert_str(
+                out.len() - 1,
+                &format!(" {:>18.0}", cpu * 1000.0 / delivered),
+            );
+        }
     }
     let ours: Vec<&Summary> = report
         .summaries
@@ -306,9 +331,16 @@ pub fn render_table(report: &BenchReport) -> String {
 /// when there is one). Failed calls void the ratios: a fast failure is no
 /// result.
 pub fn verdict(report: &BenchReport) -> String {
+    let clients = report.summaries.first().map_or(1, |s| s.setting.clients);
     let what = format!(
-        "{} sequential restore_command calls from {}",
-        report.count, report.target
+        "{} sequential restore_command calls{} from {}",
+        report.count,
+        if clients > 1 {
+            format!(" by each of {clients} clients at once")
+        } else {
+            String::new()
+        },
+        report.target
     );
     let bad: usize = report
         .summaries
@@ -383,6 +415,7 @@ mod tests {
                 direct_read: false,
                 async_mode: false,
                 rtt_ms: 0,
+                clients: 1,
             },
             calls: 32,
             failed,
@@ -397,6 +430,7 @@ mod tests {
             channels: None,
             cpu_seconds: 0.0,
             peak_rss_mib: 0.0,
+            barman_cpu_seconds: None,
             records: Vec::new(),
             worker: None,
         }

@@ -32,6 +32,9 @@ pub struct Setting {
     pub async_mode: bool,
     /// The round trip the relay adds (`--rtt`), 0 for none.
     pub rtt_ms: u64,
+    /// How many restore sequences run at once (`--clients`), each its own
+    /// standby with its own spool and destination.
+    pub clients: usize,
 }
 
 /// How long the `--async` worker may take to leave once the run's spool is
@@ -86,11 +89,13 @@ pub struct Oracle {
 
 impl Oracle {
     /// Records or checks a digest; `true` when it differs from the record.
-    fn check(&mut self, wal: &str, digest: u128) -> bool {
-        match self.digests.get(wal) {
+    /// Shared by concurrent clients, hence the lock.
+    fn check(this: &std::sync::Mutex<Oracle>, wal: &str, digest: u128) -> bool {
+        let mut this = this.lock().unwrap_or_else(|e| e.into_inner());
+        match this.digests.get(wal) {
             Some(known) => *known != digest,
             None => {
-                self.digests.insert(wal.to_string(), digest);
+                this.digests.insert(wal.to_string(), digest);
                 false
             }
         }
@@ -224,8 +229,8 @@ pub fn run_calls(
     work: &Path,
     setting: Setting,
     replay: Duration,
-    oracle: &mut Oracle,
-    mut progress: impl FnMut(),
+    oracle: &std::sync::Mutex<Oracle>,
+    progress: &(dyn Fn() + Sync),
 ) -> std::io::Result<Run> {
     let (parallel, keep) = (setting.parallel, setting.keep_compression);
     let run_dir = tempfile::Builder::new().prefix("bench-").tempdir_in(work)?;
@@ -290,7 +295,7 @@ pub fn run_calls(
         };
         let (mismatch, bytes) = if status == 0 {
             match digest_file(&dest) {
-                Ok((digest, bytes)) => (oracle.check(wal.as_str(), digest), bytes),
+                Ok((digest, bytes)) => (Oracle::check(oracle, wal.as_str(), digest), bytes),
                 Err(_) => (true, 0),
             }
         } else {
@@ -323,6 +328,70 @@ pub fn run_calls(
         records,
         worker,
     })
+}
+
+/// `setting.clients` sequences of [`run_calls`] at once, as that many
+/// standbys would fetch from one Barman; one [`Run`] of all their calls,
+/// whose wall time is the slowest's.
+pub fn run_clients(
+    program: &Program,
+    names: &[WalName],
+    work: &Path,
+    setting: Setting,
+    replay: Duration,
+    oracle: &std::sync::Mutex<Oracle>,
+    progress: &(dyn Fn() + Sync),
+) -> std::io::Result<Run> {
+    if setting.clients <= 1 {
+        return run_calls(program, names, work, setting, replay, oracle, progress);
+    }
+    let runs: Vec<std::io::Result<Run>> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..setting.clients)
+            .map(|_| {
+                scope.spawn(|| run_calls(program, names, work, setting, replay, oracle, progress))
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a client thread panicked")))
+            })
+            .collect()
+    });
+    let mut all = Run {
+        wall_seconds: 0.0,
+        records: Vec::new(),
+        worker: None,
+    };
+    for run in runs {
+        let run = run?;
+        all.wall_seconds = all.wall_seconds.max(run.wall_seconds);
+        all.records.extend(run.records);
+        if let Some(w) = run.worker {
+            let sum = all.worker.get_or_insert_with(WorkerRecord::default);
+            sum.connections += w.connections;
+            sum.channels += w.channels;
+            sum.cpu_seconds += w.cpu_seconds;
+            sum.max_rss_kib = sum.max_rss_kib.max(w.max_rss_kib);
+        }
+    }
+    Ok(all)
+}
+
+/// CPU seconds a cgroup has used so far: `cpuacct.usage` (v1, ns) or
+/// `cpu.stat`'s `usage_usec` (v2).
+pub fn cgroup_cpu_seconds(dir: &Path) -> std::io::Result<f64> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+        let ns: u64 = text.trim().parse().map_err(std::io::Error::other)?;
+        return Ok(ns as f64 / 1e9);
+    }
+    let text = std::fs::read_to_string(dir.join("cpu.stat"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|us| us as f64 / 1e6)
+        .ok_or_else(|| std::io::Error::other("no usage_usec in cpu.stat"))
 }
 
 /// Removes the run's spool, which makes its `--async` worker leave, and
