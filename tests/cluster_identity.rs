@@ -101,6 +101,28 @@ fn another_clusters_wal_is_never_delivered() {
     tally.print("foreign system identifier, direct paths");
 }
 
+/// A cluster whose pg_control says 16 MiB segments refuses 1 MiB ones of
+/// the same system identifier (a pg_control we misread, or an archive
+/// rebuilt with another `--wal-segsize`).
+#[test]
+fn another_segment_size_is_never_delivered() {
+    let barman = server(archive_of(ARCHIVED, 2));
+    let work = Work::new();
+    let data = data_dir(&work, &["standby.signal"]);
+    fs::create_dir_all(data.join("global")).unwrap();
+    fs::write(
+        data.join("global/pg_control"),
+        pg_control::fake(ARCHIVED, 16 << 20),
+    )
+    .unwrap();
+    let out = Call::new(&barman, &work)
+        .cwd(&data)
+        .run(&seg(0), &work.dest());
+    out.assert_code(1);
+    out.assert_one_error(&["1048576 byte segments", &(16u32 << 20).to_string()]);
+    assert!(!work.dest().exists());
+}
+
 /// The same cluster's WAL passes, and `-v` says what was checked; outside a
 /// data directory, `-v` says that nothing was.
 #[test]

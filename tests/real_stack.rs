@@ -2067,7 +2067,8 @@ fn pitr_naming_another_clusters_server(st: &Stack) -> TestResult {
                         pg.log_tail()
                     )));
                 }
-                Ok((!pg.running()).then_some(()))
+                // `pg_ctl start -W` returns before the server runs: wait for its own last line.
+                Ok((log.contains("database system is shut down") && !pg.running()).then_some(()))
             },
         )?;
         let stopped_in = started.elapsed();
@@ -2225,7 +2226,10 @@ exit $rc
                     .collect();
                 let delivered = calls
                     .lines()
-                    .filter(|l| l.split(' ').nth(1) == Some("0") && l.len() > 30)
+                    .filter(|l| {
+                        let mut f = l.split(' ');
+                        f.next().is_some_and(|n| n.len() == 24) && f.next() == Some("0")
+                    })
                     .count();
                 let slowest = ms.iter().copied().max().unwrap_or(0);
                 if slowest >= io_timeout * 1000 {
