@@ -15,8 +15,9 @@
 //!   holds it (an exclusive lock, never waited for): it removes every WAL
 //!   file and listing of the previous owner, then writes its own identity.
 //!   While the spool is held, it works without one (fetches directly) and
-//!   leaves a note in `.bwr-owner.wanted`, which a worker of the owner reads
-//!   as "leave as soon as your own callers are gone".
+//!   leaves a note in `.bwr-owner.wanted` (removed by the takeover), which
+//!   a worker of the owner reads as "leave as soon as your own callers are
+//!   gone".
 //!
 //! So no file of one identity is ever served to another, with or without a
 //! data directory (where [`crate::pg_control`] checks each delivery too).
@@ -39,6 +40,10 @@ const OWNED_PREFIXES: [&str; 3] = [".bwr-peek", ".bwr-want.", ".bwr-answer."];
 /// How long a call waits for a shared lock while another identity takes
 /// the spool over (an instant: a read_dir and a few unlinks).
 const PATIENCE: Duration = Duration::from_secs(1);
+
+/// How long a note in [`WANTED_FILE`] counts: a standby of the other
+/// identity asks again every few seconds and renews it.
+const WANT_MEMORY: Duration = Duration::from_secs(300);
 
 /// The identity of a caller, as written in `.bwr-owner`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +114,7 @@ pub fn claim(spool: &Spool, me: &Owner, take_over: bool) -> std::io::Result<Clai
     }
     if read_owner(&mut file)? != me.0 {
         remove_owned_files(spool);
+        let _ = fs::remove_file(spool.dir().join(WANTED_FILE));
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         file.write_all(me.0.as_bytes())?;
@@ -125,11 +131,17 @@ pub fn claim(spool: &Spool, me: &Owner, take_over: bool) -> std::io::Result<Clai
     }
 }
 
-/// Whether a call of another identity asked for the spool since `since`.
-pub fn wanted_since(spool: &Spool, since: std::time::SystemTime) -> bool {
-    fs::metadata(spool.dir().join(WANTED_FILE))
+/// Whether a call of another identity than `me` asked for the spool since
+/// its last takeover, recently. (A note older than [`WANT_MEMORY`] is
+/// from a caller that went away.)
+pub fn wanted_by_another(spool: &Spool, me: &Owner) -> bool {
+    let path = spool.dir().join(WANTED_FILE);
+    let recent = fs::metadata(&path)
         .and_then(|m| m.modified())
-        .is_ok_and(|at| at > since)
+        .ok()
+        .and_then(|at| at.elapsed().ok())
+        .is_some_and(|age| age < WANT_MEMORY);
+    recent && fs::read_to_string(&path).is_ok_and(|who| who != me.0)
 }
 
 fn want(spool: &Spool, me: &Owner) {
@@ -198,12 +210,14 @@ mod tests {
         fs::write(spool.dir().join("000000010000000000000002"), b"a's").unwrap();
         assert!(matches!(claim(&spool, &b, true).unwrap(), Claimed::Held(_)));
         assert!(spool.dir().join("000000010000000000000002").exists());
-        assert!(spool.dir().join(WANTED_FILE).exists());
+        assert!(wanted_by_another(&spool, &a));
+        assert!(!wanted_by_another(&spool, &b));
         // A second call of a's identity shares the spool.
         assert!(matches!(claim(&spool, &a, true).unwrap(), Claimed::Ours(_)));
         drop(held_by_a);
         assert!(matches!(claim(&spool, &b, false).unwrap(), Claimed::Held(_)));
         assert!(matches!(claim(&spool, &b, true).unwrap(), Claimed::Ours(_)));
         assert!(!spool.dir().join("000000010000000000000002").exists());
+        assert!(!wanted_by_another(&spool, &b), "the takeover answered the note");
     }
 }

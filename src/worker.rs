@@ -157,6 +157,8 @@ struct Worker<'a> {
     delivered_for: HashMap<String, (WalName, Instant)>,
     last_activity: Instant,
     served: u64,
+    /// The caller identity this worker serves.
+    owner: Owner,
 }
 
 /// Runs the worker for the spool of `args` and returns its exit status
@@ -254,6 +256,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         delivered_for: HashMap::new(),
         last_activity: Instant::now(),
         served: 0,
+        owner: me,
     };
     // Started by the history lookup at a recovery's start, with the first
     // segment from the backup_label: it is fetched before it is asked for.
@@ -321,11 +324,11 @@ impl Worker<'_> {
             {
                 return format!("no request for {} s", self.idle.as_secs());
             }
-            if self.pending.is_empty() && self.last_activity.elapsed() >= YIELD_AFTER {
-                let quiet_since = std::time::SystemTime::now() - self.last_activity.elapsed();
-                if owner::wanted_since(&self.spool, quiet_since) {
-                    return "a caller of another identity wants the spool".into();
-                }
+            if self.pending.is_empty()
+                && self.last_activity.elapsed() >= YIELD_AFTER
+                && owner::wanted_by_another(&self.spool, &self.owner)
+            {
+                return "a caller of another identity wants the spool".into();
             }
         }
     }

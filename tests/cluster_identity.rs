@@ -279,7 +279,7 @@ fn a_worker_serves_one_caller_identity() {
     out.assert_code(0);
     out.assert_says("delivered by the --async worker");
     assert_bytes(&work.dest(), &bytes_of(&b, &seg(2)));
-    fs::remove_dir_all(&work.spool).unwrap();
+    remove_spool(&work.spool);
     wait_for_no_worker(&work.spool, Duration::from_secs(20));
 }
 
@@ -325,8 +325,17 @@ fn relative_paths_reach_the_async_worker() {
         log.contains(&format!("serves spool {}", spool.display())),
         "{log}"
     );
-    fs::remove_dir_all(&spool).unwrap();
+    remove_spool(&spool);
     wait_for_no_worker(&spool, Duration::from_secs(20));
+}
+
+/// Removes a spool as a DBA would (`rm -rf`), which sends its worker away;
+/// retried while the worker is still writing into it.
+fn remove_spool(spool: &Path) {
+    let removed = wait_until(Duration::from_secs(10), || {
+        fs::remove_dir_all(spool).is_ok() || !spool.exists()
+    });
+    assert!(removed, "cannot remove {}", spool.display());
 }
 
 /// Waits (bounded) until no worker holds the lock of `spool`.
@@ -336,5 +345,10 @@ fn wait_for_no_worker(spool: &Path, limit: Duration) {
             .map(|f| f.try_lock_shared().is_ok())
             .unwrap_or(true)
     });
-    assert!(gone, "a worker still serves {}", spool.display());
+    assert!(
+        gone,
+        "a worker still serves {}; log:\n{}",
+        spool.display(),
+        fs::read_to_string(spool.join(".bwr-worker.log")).unwrap_or_default()
+    );
 }
