@@ -215,7 +215,10 @@ mod tests {
         // A second call of a's identity shares the spool.
         assert!(matches!(claim(&spool, &a, true).unwrap(), Claimed::Ours(_)));
         drop(held_by_a);
-        assert!(matches!(claim(&spool, &b, false).unwrap(), Claimed::Held(_)));
+        assert!(matches!(
+            claim(&spool, &b, false).unwrap(),
+            Claimed::Held(_)
+        ));
         assert!(matches!(claim(&spool, &b, true).unwrap(), Claimed::Ours(_)));
         assert!(!spool.dir().join("000000010000000000000002").exists());
         assert!(

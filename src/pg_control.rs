@@ -81,6 +81,20 @@ impl ClusterIdentity {
     }
 }
 
+/// A `pg_control` laid out as PostgreSQL 15 does (the double at offset
+/// 208), with the fields we read set and everything else zero: for tests
+/// and the in-process Barman's users, which need a data directory.
+pub fn fake(system_identifier: u64, segment_size: u32) -> Vec<u8> {
+    let mut bytes = vec![0u8; 8192];
+    bytes[..8].copy_from_slice(&system_identifier.to_le_bytes());
+    bytes[204..208].copy_from_slice(&8u32.to_le_bytes()); // maxAlign
+    bytes[208..216].copy_from_slice(&FLOAT_FORMAT.to_le_bytes());
+    for (i, v) in [8192u32, 131072, 8192, segment_size].iter().enumerate() {
+        bytes[216 + 4 * i..220 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,18 +149,4 @@ mod tests {
             Some((42, 16 << 20))
         );
     }
-}
-
-/// A `pg_control` laid out as PostgreSQL 15 does (the double at offset
-/// 208), with the fields we read set and everything else zero: for tests
-/// and the in-process Barman's users, which need a data directory.
-pub fn fake(system_identifier: u64, segment_size: u32) -> Vec<u8> {
-    let mut bytes = vec![0u8; 8192];
-    bytes[..8].copy_from_slice(&system_identifier.to_le_bytes());
-    bytes[204..208].copy_from_slice(&8u32.to_le_bytes()); // maxAlign
-    bytes[208..216].copy_from_slice(&FLOAT_FORMAT.to_le_bytes());
-    for (i, v) in [8192u32, 131072, 8192, segment_size].iter().enumerate() {
-        bytes[216 + 4 * i..220 + 4 * i].copy_from_slice(&v.to_le_bytes());
-    }
-    bytes
 }

@@ -17,10 +17,10 @@ use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::handoff::{self, Handed};
 use crate::owner::{self, Claim, Claimed, Owner};
 use crate::pg_control::ClusterIdentity;
-use crate::validate::LongPageHeader;
 use crate::remote::BarmanServer;
 use crate::spool::{self, Spool};
 use crate::ssh::{Session, SessionStats, SshTarget};
+use crate::validate::LongPageHeader;
 use crate::wal::{self, WalKind, WalName};
 
 /// How many times a call tries to connect before it reports a connection

@@ -178,7 +178,10 @@ fn a_foreign_spool_file_is_replaced_by_our_own_copy() {
         fs::write(work.spool.join(seg(n)), bytes_of(&theirs, &seg(n))).unwrap();
         // With and without prefetching after it.
         let parallel = if n == 1 { "0" } else { "3" };
-        let out = call.clone().args(["-p", parallel]).run(&seg(n), &work.dest());
+        let out = call
+            .clone()
+            .args(["-p", parallel])
+            .run(&seg(n), &work.dest());
         tally.code(out.code);
         out.assert_code(0);
         out.assert_says("removed it; fetching it from Barman");
@@ -273,7 +276,10 @@ fn a_worker_serves_one_caller_identity() {
         started.elapsed()
     );
     let log = fs::read_to_string(work.spool.join(".bwr-worker.log")).unwrap();
-    assert!(log.contains("a caller of another identity wants the spool"), "{log}");
+    assert!(
+        log.contains("a caller of another identity wants the spool"),
+        "{log}"
+    );
     // From now on the spool is the new identity's, with its own worker.
     let out = async_call(&b).run(&seg(2), &work.dest());
     out.assert_code(0);

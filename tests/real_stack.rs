@@ -2060,7 +2060,8 @@ fn pitr_naming_another_clusters_server(st: &Stack) -> TestResult {
             "PostgreSQL to stop on the foreign segment",
             || {
                 let log = pg.log_text();
-                if log.contains("selected new timeline ID") || log.contains("archive recovery complete")
+                if log.contains("selected new timeline ID")
+                    || log.contains("archive recovery complete")
                 {
                     return Err(fail(format!(
                         "bravo promoted on angus's WAL:\n{}",
@@ -2080,7 +2081,10 @@ fn pitr_naming_another_clusters_server(st: &Stack) -> TestResult {
             "stopping recovery instead of ending it early",
         ] {
             if !log1.contains(needle) {
-                return Err(fail(format!("the log lacks `{needle}`:\n{}", pg.log_tail())));
+                return Err(fail(format!(
+                    "the log lacks `{needle}`:\n{}",
+                    pg.log_tail()
+                )));
             }
         }
         if log1.contains("restored log file") {
@@ -2097,7 +2101,10 @@ fn pitr_naming_another_clusters_server(st: &Stack) -> TestResult {
         let text = fs::read_to_string(&auto).map_err(|e| fail(e.to_string()))?;
         let wrong_line = wrong.replace("@SPOOL@", &spool.to_string_lossy());
         if !text.contains(&wrong_line) {
-            return Err(fail(format!("{} lacks the restore_command", auto.display())));
+            return Err(fail(format!(
+                "{} lacks the restore_command",
+                auto.display()
+            )));
         }
         let fixed = text.replace(
             &wrong_line,
@@ -2130,7 +2137,10 @@ fn two_standbys_share_one_async_spool(st: &Stack) -> TestResult {
     let mut lines = Vec::new();
     for order in ["angus first", "bravo first"] {
         let n = st.seq.fetch_add(1, Ordering::SeqCst);
-        let spool = st.dir.join("spool").join(format!("shared-{}-{n}", std::process::id()));
+        let spool = st
+            .dir
+            .join("spool")
+            .join(format!("shared-{}-{n}", std::process::id()));
         run(
             &mut as_postgres(&["mkdir", "-m", "0700", &spool.to_string_lossy()]),
             CALL_TIMEOUT,
@@ -2193,7 +2203,13 @@ exit $rc
             fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
                 .map_err(|e| fail(e.to_string()))?;
             let conf = format!("restore_command = '/bin/sh {} %f %p'", wrapper.display());
-            let pg = Pg::from_backup(st, base, &format!("shared-{label}-{n}"), "standby.signal", &conf)?;
+            let pg = Pg::from_backup(
+                st,
+                base,
+                &format!("shared-{label}-{n}"),
+                "standby.signal",
+                &conf,
+            )?;
             clusters.push((label, pg, ctl, rows));
         }
         if order == "bravo first" {
@@ -2202,11 +2218,15 @@ exit $rc
         let r = (|| {
             let (first, second) = (&clusters[0], &clusters[1]);
             first.1.start()?;
-            wait_until(RECOVERY_TIMEOUT, "the first standby's first segment", || {
-                Ok(fs::read_to_string(first.2.join("calls"))
-                    .is_ok_and(|c| c.lines().any(|l| l.split(' ').nth(1) == Some("0")))
-                    .then_some(()))
-            })?;
+            wait_until(
+                RECOVERY_TIMEOUT,
+                "the first standby's first segment",
+                || {
+                    Ok(fs::read_to_string(first.2.join("calls"))
+                        .is_ok_and(|c| c.lines().any(|l| l.split(' ').nth(1) == Some("0")))
+                        .then_some(()))
+                },
+            )?;
             second.1.start()?;
             for (_, pg, _, rows) in &clusters {
                 pg.wait_standby_rows(rows)?;
