@@ -1409,7 +1409,7 @@ struct Audit {
 }
 
 /// `dest`: (file name, WAL) when `dir` holds WAL_DEST; any other final name must be the name of
-/// an archived WAL with its bytes. The spool's bookkeeping (`.bwr-peek`, `.bwr-layout.*`) is
+/// an archived WAL with its bytes. The spool's bookkeeping (`.bwr-peek`, `.bwr-layout.*`, `.bwr-owner*`) is
 /// never served as WAL and is not judged.
 fn audit_dir(dir: &Path, orig: &Path, dest: Option<(&str, &str)>) -> Audit {
     let mut audit = Audit::default();
@@ -1426,7 +1426,8 @@ fn audit_dir(dir: &Path, orig: &Path, dest: Option<(&str, &str)>) -> Audit {
             audit.temps.push(name);
             continue;
         }
-        if name == ".bwr-peek" || name.starts_with(".bwr-layout.") {
+        if name == ".bwr-peek" || name.starts_with(".bwr-layout.") || name.starts_with(".bwr-owner")
+        {
             continue;
         }
         let wal = match dest {
