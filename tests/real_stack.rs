@@ -1409,8 +1409,8 @@ struct Audit {
 }
 
 /// `dest`: (file name, WAL) when `dir` holds WAL_DEST; any other final name must be the name of
-/// an archived WAL with its bytes. The spool's bookkeeping (`.bwr-peek`, `.bwr-layout.*`, `.bwr-owner*`) is
-/// never served as WAL and is not judged.
+/// an archived WAL with its bytes. The spool's bookkeeping (`.bwr-peek`, `.bwr-layout.*`,
+/// `.bwr-owner*`) is never served as WAL and is not judged.
 fn audit_dir(dir: &Path, orig: &Path, dest: Option<(&str, &str)>) -> Audit {
     let mut audit = Audit::default();
     let mut names: Vec<String> = fs::read_dir(dir)
