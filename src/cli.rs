@@ -218,6 +218,22 @@ pub struct RestoreArgs {
 }
 
 impl RestoreArgs {
+    /// Makes every relative path of the command line absolute against
+    /// `base`: for the `--async` worker, which leaves its caller's working
+    /// directory. WAL_DEST is the caller's alone.
+    pub fn resolve_paths_against(&mut self, base: &std::path::Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.spool_dir);
+        self.connection.identity.iter_mut().for_each(resolve);
+        self.connection.known_hosts.iter_mut().for_each(resolve);
+        self.connection.ssh_config.iter_mut().for_each(resolve);
+        self.async_data_dir.iter_mut().for_each(resolve);
+    }
+
     /// What the user asked the server to send, and whether the choice of
     /// `--keep-compression` is ours (so a server that rejects it is
     /// forgiven).

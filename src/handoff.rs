@@ -177,7 +177,9 @@ pub fn worker_running(spool: &Spool) -> bool {
 }
 
 /// Starts a worker for this call's spool: this same program with this
-/// call's own arguments and `--async-worker`, in a session of its own (so
+/// call's own arguments and `--async-worker`, in this call's working
+/// directory (its relative paths are resolved there, then it moves to
+/// `/`: see [`crate::worker::detach`]), in a session of its own (so
 /// neither PostgreSQL's signals to its children nor a terminal reach it),
 /// stdin closed, stdout and stderr to the spool's log.
 pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()> {
@@ -204,7 +206,6 @@ pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()
             arg.push(dir);
             arg
         }))
-        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

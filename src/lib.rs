@@ -22,6 +22,8 @@
 //! - [`restore`]: one restore_command call, from arguments to exit status.
 //! - [`handoff`] and [`worker`]: `--async`, a background worker per spool
 //!   that keeps it filled on one long-lived session, and how calls ask it.
+//! - [`pg_control`]: the cluster's own identity, from its `pg_control`.
+//! - [`owner`]: whose spool it is: the caller identity its files belong to.
 //! - [`exit`]: the only place that decides exit statuses.
 //! - [`shutdown`]: signals, and the temp files they must not leave behind.
 //! - [`bench`]: `barman-wal-bench`, measuring calls as PostgreSQL makes them.
@@ -36,6 +38,8 @@ pub mod embedded_barman;
 pub mod exit;
 pub mod fetch;
 pub mod handoff;
+pub mod owner;
+pub mod pg_control;
 pub mod remote;
 pub mod restore;
 pub mod shutdown;

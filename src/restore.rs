@@ -15,9 +15,12 @@ use crate::direct;
 use crate::exit::{self, Failure, RecoveryMode};
 use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::handoff::{self, Handed};
+use crate::owner::{self, Claim, Claimed, Owner};
+use crate::pg_control::ClusterIdentity;
 use crate::remote::BarmanServer;
 use crate::spool::{self, Spool};
 use crate::ssh::{Session, SessionStats, SshTarget};
+use crate::validate::LongPageHeader;
 use crate::wal::{self, WalKind, WalName};
 
 /// How many times a call tries to connect before it reports a connection
@@ -43,16 +46,18 @@ pub enum Outcome {
 /// failure (after `--sleep` for a failure that was not local).
 pub async fn run(args: &RestoreArgs) -> i32 {
     let stats = Arc::new(SessionStats::default());
+    let cluster = cluster_here();
     let result = if args.test {
         run_test(args, &stats).await
     } else {
-        run_restore(args, &stats).await
+        restore_confirmed(args, &stats, cluster.as_ref()).await
     };
     write_stats(&stats);
     match result {
         Ok(outcome) => {
             if args.verbose {
                 report(&outcome, &stats);
+                report_identity(cluster.as_ref(), &outcome);
             }
             exit::SUCCESS
         }
@@ -72,6 +77,132 @@ pub async fn run(args: &RestoreArgs) -> i32 {
                 );
             }
             code
+        }
+    }
+}
+
+/// The cluster PostgreSQL runs this call for: restore_command runs in its
+/// data directory. A pg_control we cannot read is said, not fatal: the
+/// call then checks what it checks outside a data directory.
+fn cluster_here() -> Option<ClusterIdentity> {
+    match ClusterIdentity::of_data_dir(std::path::Path::new(".")) {
+        Ok(cluster) => cluster,
+        Err(why) => {
+            eprintln!("WARNING: {why}; delivering without checking the cluster's identity");
+            None
+        }
+    }
+}
+
+/// `-v`: whether the file was checked against the cluster.
+fn report_identity(cluster: Option<&ClusterIdentity>, outcome: &Outcome) {
+    match (cluster, outcome) {
+        (_, Outcome::Tested) => {}
+        (Some(c), _) => eprintln!(
+            "INFO: checked against this cluster's pg_control (database system {}, {} byte segments)",
+            c.system_identifier, c.segment_size
+        ),
+        (None, _) => eprintln!(
+            "INFO: no cluster identity checked: the working directory is not a data directory \
+             (no readable global/pg_control)"
+        ),
+    }
+}
+
+/// Where a delivered file came from, for [`confirm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The spool, or the worker through it: a copy that may be a leftover.
+    Spool,
+    /// Barman, in this call.
+    Barman,
+}
+
+/// The one check every delivery passes before exit 0: the segment at
+/// WAL_DEST belongs to this cluster (pg_control's system identifier and
+/// segment size). A foreign file is removed, and the reason returned.
+/// History and backup-label files carry no identifier; outside a data
+/// directory nothing is checked here.
+fn confirm(
+    cluster: Option<&ClusterIdentity>,
+    wal: &str,
+    dest: &std::path::Path,
+    source: Source,
+    args: &RestoreArgs,
+) -> Result<(), String> {
+    let Some(cluster) = cluster else {
+        return Ok(());
+    };
+    let Ok(name) = WalName::parse(wal) else {
+        return Ok(());
+    };
+    if !matches!(name.kind(), WalKind::Segment | WalKind::Partial) {
+        return Ok(());
+    }
+    let mut head = [0u8; 40];
+    let read = std::fs::File::open(dest).and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut head)
+    });
+    let header = read.ok().and_then(|()| LongPageHeader::parse(&head));
+    let found = match header {
+        Some(h) => (h.system_identifier, h.segment_size),
+        // --no-verify delivers what it got; nothing to compare it with.
+        None if args.no_verify => return Ok(()),
+        None => (0, 0),
+    };
+    if found == (cluster.system_identifier, cluster.segment_size) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(dest);
+    let what = if found.0 == cluster.system_identifier {
+        format!(
+            "{wal} has {} byte segments, but this cluster's pg_control says {}",
+            found.1, cluster.segment_size
+        )
+    } else {
+        format!(
+            "{wal} belongs to database system {}, but this cluster's pg_control says {}",
+            found.0, cluster.system_identifier
+        )
+    };
+    Err(match source {
+        Source::Spool => format!(
+            "{what}: a leftover of another cluster in spool {} (a spool shared between clusters?)",
+            args.spool_dir.display()
+        ),
+        Source::Barman => format!(
+            "{what}: Barman server '{}' on '{}' archives another cluster (wrong SERVER_NAME \
+             in restore_command?); not delivered",
+            args.server_name, args.barman_host
+        ),
+    })
+}
+
+/// A restore whose delivery is checked against the cluster. A foreign
+/// file from the spool (or the worker) is removed and the file fetched
+/// from Barman instead: a leftover says nothing about our archive, and
+/// failing for it would stop a recovery that Barman can serve. A foreign
+/// file from Barman is a failure, never delivered.
+async fn restore_confirmed(
+    args: &RestoreArgs,
+    stats: &Arc<SessionStats>,
+    cluster: Option<&ClusterIdentity>,
+) -> Result<Outcome, Failure> {
+    let mut local = true;
+    loop {
+        let outcome = run_restore(args, stats, cluster, local).await?;
+        let source = match outcome {
+            Outcome::FromSpool | Outcome::FromWorker => Source::Spool,
+            _ => Source::Barman,
+        };
+        match confirm(cluster, &args.wal_name, &args.wal_dest, source, args) {
+            Ok(()) => return Ok(outcome),
+            Err(why) if source == Source::Spool && local => {
+                eprintln!("WARNING: {why}: removed it; fetching it from Barman");
+                local = false;
+            }
+            Err(why) => return Err(Failure::BadPayload(why)),
         }
     }
 }
@@ -158,15 +289,38 @@ async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outco
 
 /// The spool to use, if any. With `-p 0` an existing spool is still served
 /// from (as the original does) but never created, and one we could not
-/// trust is ignored rather than fatal, since nothing needs it.
-fn open_spool(args: &RestoreArgs) -> Result<Option<Spool>, Failure> {
-    if args.parallel > 0 {
-        return Spool::open(&args.spool_dir).map(Some);
+/// trust is ignored rather than fatal, since nothing needs it. A spool
+/// that another caller identity holds is not used at all (see
+/// [`crate::owner`]).
+fn open_spool(args: &RestoreArgs, me: &Owner) -> Result<Option<(Spool, Claim)>, Failure> {
+    let spool = if args.parallel > 0 {
+        Spool::open(&args.spool_dir)?
+    } else if args.spool_dir.is_dir() {
+        match Spool::open(&args.spool_dir) {
+            Ok(spool) => spool,
+            Err(_) => return Ok(None),
+        }
+    } else {
+        return Ok(None);
+    };
+    match owner::claim(&spool, me, args.parallel > 0) {
+        Ok(Claimed::Ours(claim)) => Ok(Some((spool, claim))),
+        Ok(Claimed::Held(other)) => {
+            if args.verbose {
+                eprintln!(
+                    "WARNING: spool {} holds the files of another caller ({other}); \
+                     working without it",
+                    args.spool_dir.display()
+                );
+            }
+            Ok(None)
+        }
+        Err(e) if args.parallel > 0 => Err(Failure::Local(format!(
+            "spool {}: cannot claim it: {e}",
+            args.spool_dir.display()
+        ))),
+        Err(_) => Ok(None),
     }
-    if args.spool_dir.is_dir() {
-        return Ok(Spool::open(&args.spool_dir).ok());
-    }
-    Ok(None)
 }
 
 /// What every call checks before anything else, no connection involved.
@@ -175,9 +329,14 @@ struct Checked {
     server: BarmanServer,
     dest: std::path::PathBuf,
     spool: Option<Spool>,
+    /// Held while the call uses the spool.
+    _claim: Option<Claim>,
 }
 
-fn check_locally(args: &RestoreArgs) -> Result<Checked, Failure> {
+fn check_locally(
+    args: &RestoreArgs,
+    cluster: Option<&ClusterIdentity>,
+) -> Result<Checked, Failure> {
     let wal = WalName::parse(&args.wal_name).map_err(|e| Failure::Local(e.to_string()))?;
     let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
     let dest = args.wal_dest.clone();
@@ -185,12 +344,13 @@ fn check_locally(args: &RestoreArgs) -> Result<Checked, Failure> {
     // Leftovers of a killed run beside WAL_DEST go with the next call, hit
     // or miss (a read_dir of pg_wal: tens of microseconds).
     spool::remove_dead_temp_files(spool::parent_dir(&dest));
-    let spool = open_spool(args)?;
+    let (spool, claim) = open_spool(args, &Owner::of(args, cluster))?.unzip();
     Ok(Checked {
         wal,
         server,
         dest,
         spool,
+        _claim: claim,
     })
 }
 
@@ -213,19 +373,41 @@ pub fn serve_from_spool(args: &RestoreArgs) -> Option<i32> {
     if args.test {
         return None;
     }
-    let checked = check_locally(args).ok()?;
+    let cluster = ClusterIdentity::of_data_dir(std::path::Path::new("."))
+        .ok()
+        .flatten();
+    let checked = check_locally(args, cluster.as_ref()).ok()?;
     if !take_from_spool(&checked).ok()? {
+        return None;
+    }
+    if let Err(why) = confirm(
+        cluster.as_ref(),
+        &args.wal_name,
+        &args.wal_dest,
+        Source::Spool,
+        args,
+    ) {
+        // The full path fetches it from Barman.
+        eprintln!("WARNING: {why}: removed it; fetching it from Barman");
         return None;
     }
     write_stats(&SessionStats::default());
     if args.verbose {
         report(&Outcome::FromSpool, &SessionStats::default());
+        report_identity(cluster.as_ref(), &Outcome::FromSpool);
     }
     Some(exit::SUCCESS)
 }
 
-async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
-    let checked = check_locally(args)?;
+/// One attempt: the spool, the worker, then Barman; with `local` false,
+/// Barman alone.
+async fn run_restore(
+    args: &RestoreArgs,
+    stats: &Arc<SessionStats>,
+    cluster: Option<&ClusterIdentity>,
+    local: bool,
+) -> Result<Outcome, Failure> {
+    let checked = check_locally(args, cluster)?;
     if checked.wal.kind() == WalKind::History && checked.wal.timeline() == 1 {
         // PostgreSQL writes a history file only when it creates a timeline,
         // and timeline 1 is never created that way: no archive has this
@@ -237,7 +419,7 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
             checked.wal
         )));
     }
-    if take_from_spool(&checked)? {
+    if local && take_from_spool(&checked)? {
         return Ok(Outcome::FromSpool);
     }
     let Checked {
@@ -245,6 +427,7 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
         server,
         dest,
         spool,
+        _claim,
     } = checked;
 
     // History files stay direct, and never wait for a show-server. With
@@ -263,7 +446,7 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
     } else {
         LayoutSource::CacheOrBarman
     };
-    if args.async_prefetch && wal.is_segment() {
+    if args.async_prefetch && wal.is_segment() && local {
         if let Some(spool) = &spool {
             let timeout = Duration::from_secs(args.connection.io_timeout.max(1));
             match handoff::ask_worker(spool, &wal, &dest, timeout).await? {
@@ -280,7 +463,10 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
                 }
             }
         } else if args.verbose {
-            eprintln!("WARNING: --async needs a spool (-p 1 or more); fetching directly");
+            eprintln!(
+                "WARNING: --async needs a spool of this caller's own (-p 1 or more); \
+                 fetching directly"
+            );
         }
     }
     // What PostgreSQL has moved past goes (with --async, the worker does

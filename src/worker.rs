@@ -10,8 +10,9 @@
 //! validation, fsync and rename as a direct fetch. It answers a request it
 //! cannot fulfil (Barman's "not found", or any failure) so the call can act
 //! at once, reconnects after a broken session, and exits after
-//! `--async-idle` seconds without a request or a hit, or when its spool
-//! disappears.
+//! `--async-idle` seconds without a request or a hit, when its spool
+//! disappears, or soon after a caller of another identity asked for the
+//! spool (see [`crate::owner`]): it serves one caller identity only.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use crate::cli::RestoreArgs;
 use crate::exit::{self, Failure, RecoveryMode};
 use crate::fetch::{Delivered, Fetcher};
 use crate::handoff::{self, Answer, Request};
+use crate::owner::{self, Claimed, Owner};
+use crate::pg_control::ClusterIdentity;
 use crate::remote::BarmanServer;
 use crate::restore;
 use crate::spool::{self, Spool};
@@ -67,6 +70,23 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// How long a new worker waits for the lock before deciding another
 /// worker has it (a caller's liveness check holds it for an instant).
 const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Once a caller of another identity wants the spool, how long this
+/// worker stays without a request or a hit of its own callers: long enough
+/// for a replaying PostgreSQL's next request, short against
+/// `--async-idle`.
+const YIELD_AFTER: Duration = Duration::from_secs(2);
+
+/// Makes the worker's paths independent of its working directory, then
+/// leaves it: the worker is started in its caller's (the data directory,
+/// where relative `--spool-dir`, `-i`, `-F` and `--known-hosts` mean
+/// something) and must not keep it busy for its whole life.
+pub fn detach(args: &mut RestoreArgs) {
+    if let Ok(here) = std::env::current_dir() {
+        args.resolve_paths_against(&here);
+    }
+    let _ = std::env::set_current_dir("/");
+}
 
 /// What a background job reports.
 enum Done {
@@ -137,6 +157,8 @@ struct Worker<'a> {
     delivered_for: HashMap<String, (WalName, Instant)>,
     last_activity: Instant,
     served: u64,
+    /// The caller identity this worker serves.
+    owner: Owner,
 }
 
 /// Runs the worker for the spool of `args` and returns its exit status
@@ -157,12 +179,34 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         log("another worker serves this spool; leaving");
         return exit::SUCCESS;
     };
+    // The identity of the call that started it (its arguments, its data
+    // directory). Claimed after the lock, so released before it: a caller
+    // that sees the lock free finds the spool free too.
+    let cluster = args
+        .async_data_dir
+        .as_deref()
+        .and_then(|dir| ClusterIdentity::of_data_dir(dir).ok().flatten());
+    let me = Owner::of(args, cluster.as_ref());
+    let _claim = match owner::claim(&spool, &me, true) {
+        Ok(Claimed::Ours(claim)) => claim,
+        Ok(Claimed::Held(other)) => {
+            log(&format!(
+                "the spool holds the files of another caller ({other}); leaving"
+            ));
+            return exit::SUCCESS;
+        }
+        Err(e) => {
+            log(&format!("ERROR: cannot claim the spool: {e}"));
+            return exit::SUCCESS;
+        }
+    };
     log(&format!(
-        "worker {} serves spool {} (-p {}, idle exit after {} s)",
+        "worker {} serves spool {} (-p {}, idle exit after {} s) for {}",
         std::process::id(),
         args.spool_dir.display(),
         args.parallel.max(1),
-        args.async_idle
+        args.async_idle,
+        me.describe()
     ));
     let server = match BarmanServer::new(&args.server_name, args.connection.config.as_deref()) {
         Ok(server) => server,
@@ -212,6 +256,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         delivered_for: HashMap::new(),
         last_activity: Instant::now(),
         served: 0,
+        owner: me,
     };
     // Started by the history lookup at a recovery's start, with the first
     // segment from the backup_label: it is fetched before it is asked for.
@@ -278,6 +323,12 @@ impl Worker<'_> {
                 && self.last_activity.elapsed() >= self.idle
             {
                 return format!("no request for {} s", self.idle.as_secs());
+            }
+            if self.pending.is_empty()
+                && self.last_activity.elapsed() >= YIELD_AFTER
+                && owner::wanted_by_another(&self.spool, &self.owner)
+            {
+                return "a caller of another identity wants the spool".into();
             }
         }
     }

@@ -5,7 +5,10 @@ use barman_wal_restore::{cli::RestoreArgs, exit, restore, shutdown, worker};
 use clap::Parser;
 
 fn main() {
-    let args = RestoreArgs::parse();
+    let mut args = RestoreArgs::parse();
+    if args.async_worker {
+        worker::detach(&mut args);
+    }
     if !args.async_worker {
         if let Some(code) = restore::serve_from_spool(&args) {
             std::process::exit(code);

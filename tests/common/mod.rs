@@ -506,10 +506,13 @@ pub fn names(dir: &Path) -> Vec<String> {
 }
 
 /// The client's own bookkeeping files in the spool (the last peek's
-/// answer, the direct-read layout, the `--async` worker's lock and log):
-/// never a WAL name, never served as WAL.
+/// answer, the direct-read layout, the `--async` worker's lock and log,
+/// the spool's owner): never a WAL name, never served as WAL.
 pub fn is_bookkeeping(name: &str) -> bool {
-    name == ".bwr-peek" || name.starts_with(".bwr-layout.") || name.starts_with(".bwr-worker.")
+    name == ".bwr-peek"
+        || name.starts_with(".bwr-layout.")
+        || name.starts_with(".bwr-worker.")
+        || name.starts_with(".bwr-owner")
 }
 
 /// Temp files (`.bwr-tmp.*`) in `dir`.
