@@ -19,6 +19,12 @@
 #   async     -p 8 --keep-compression with --async off,on and --direct-read off,on, calls spaced by
 #             an emulated replay (BWR_BENCH_REPLAY_MS, default 100 ms per segment), Python beside
 #             (not in the default list: run it by name)
+#   wan       -p 8 --keep-compression, --async off,on, at --rtt 0,50 (the bench's relay; BWR_BENCH_RTT
+#             overrides the list), Python beside through the same relay (not in the default list)
+#   bandwidth -p 8 at --bandwidth 100 (BWR_BENCH_MBIT), --keep-compression on,off, Python beside (not in
+#             the default list)
+#   fleet     4 clients at once (BWR_BENCH_CLIENTS), -p 8 --keep-compression, --direct-read off,on; the
+#             Barman side's CPU per delivered segment from the accounting group (not in the default list)
 # Each step writes OUTDIR/<step>.txt (the table) and OUTDIR/<step>.json; OUTDIR/env.txt records the
 # machine, the archive, and per step the load and how busy the CPUs were. Before each step the
 # script waits (at most BWR_BENCH_QUIET_WAIT seconds, default 900) for the 1-minute load average to
@@ -39,6 +45,9 @@ RESTORE="$ROOT/target/release/barman-wal-restore"
 COUNT=${BWR_BENCH_COUNT:-64}
 SEGMENTS=${BWR_BENCH_SEGMENTS:-70}
 REPLAY_MS=${BWR_BENCH_REPLAY_MS:-100}
+RTTS=${BWR_BENCH_RTT:-0,50}
+MBIT=${BWR_BENCH_MBIT:-100}
+CLIENTS=${BWR_BENCH_CLIENTS:-4}
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -89,6 +98,20 @@ CONN=(-U barman --port "$SSH_PORT" -i "$SSH_KEY" --known-hosts "$KNOWN_HOSTS" -F
       -c "$BENCH_CONFIG")
 # The Python original, through the stack's `ssh -F` wrapper, against the same (default) sshd.
 PY="PATH=$SSH_WRAPPER_DIR:/usr/bin:/bin $ORACLE -U barman --port $SSH_PORT -c $BENCH_CONFIG -p %j %k --spool-dir %s 127.0.0.1 $SERVER %f %p"
+
+# The same through the bench's relay (--rtt, --bandwidth): %H %P are the relay's address. Its ports are
+# fixed (RELAY_PORT and the next ones, one per round trip) so that OpenSSH's known_hosts can trust them
+# before the run; ours is told the keys by the bench itself.
+PY_RELAY="PATH=$SSH_WRAPPER_DIR:/usr/bin:/bin $ORACLE -U barman --port %P -c $BENCH_CONFIG -p %j %k --spool-dir %s %H $SERVER %f %p"
+RELAY_PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+trust_relays() {   # trust_relays COUNT: known_hosts lines for the relay ports, in the stack's file
+    local i key
+    key=$(grep -m1 "^\[127.0.0.1\]:$SSH_PORT " "$KNOWN_HOSTS" | cut -d' ' -f2-)
+    for (( i = 0; i < $1; i++ )); do
+        grep -q "^\[127.0.0.1\]:$(( RELAY_PORT + i )) " "$KNOWN_HOSTS" \
+            || echo "[127.0.0.1]:$(( RELAY_PORT + i )) $key" >>"$KNOWN_HOSTS"
+    done
+}
 
 # The same with OpenSSH connection multiplexing, as a DBA would configure it.
 CM_DIR="$DIR/client-cm"
@@ -214,6 +237,14 @@ for s in $STEPS; do
         async) step async bench async -p 8 --keep-compression on --direct-read off,on --async off,on \
                    --replay-ms "$REPLAY_MS" --compare "$PY" ;;
         cm) step cm bench cm -p 8 --keep-compression on,off --direct-read off,on --compare "$PY_CM"; cm_stop ;;
+        wan) trust_relays 4
+             step wan bench wan -p 8 --keep-compression on --async off,on --rtt "$RTTS" \
+                 --relay-port "$RELAY_PORT" --replay-ms "$REPLAY_MS" --compare "$PY_RELAY" ;;
+        bandwidth) trust_relays 1
+             step bandwidth bench bandwidth -p 8 --keep-compression on,off --bandwidth "$MBIT" \
+                 --relay-port "$RELAY_PORT" --compare "$PY_RELAY" ;;
+        fleet) step fleet bench fleet -p 8 --keep-compression on --direct-read off,on --clients "$CLIENTS" \
+                   ${CG:+--barman-cgroup "$CG/server"} ;;
         floor) step floor floor ;;
         costs) step costs costs ;;
         *) die "unknown step $s" ;;

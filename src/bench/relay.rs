@@ -3,10 +3,13 @@
 //! This kernel has no `netem`, so the bench carries its own stand-in: a TCP
 //! relay that holds every chunk for half the round trip in each direction
 //! (order kept) and paces each direction to the given rate, like a link's
-//! serialisation delay. What it does not model: loss, reordering, jitter,
-//! TCP slow start across the real path (the relay's two loopback legs ramp
-//! up at loopback speed), and the sharing of one link's rate between
-//! connections (each direction of each connection gets the whole rate).
+//! serialisation delay. All connections share the link: one rate per
+//! direction, as a WAN link is shared (a client that opens a connection per
+//! file gets no more bandwidth for it). What it does not model: loss,
+//! reordering, jitter, TCP slow start and congestion control across the
+//! real path (the relay's two loopback legs ramp up at loopback speed), and
+//! fair queueing between connections (they are served in the order their
+//! bytes reach the relay).
 //! Hand-written because it is a few dozen lines over tokio, and a proxy
 //! crate would not shape.
 
@@ -49,11 +52,23 @@ impl LinkShape {
     }
 }
 
-/// The most bytes in flight per direction: a TCP receive window of Linux's
-/// default autotuning ceiling (6 MiB) plus a router queue; past it the
-/// sender waits, as it would on the real path.
-const IN_FLIGHT_BYTES: usize = 8 << 20;
 const CHUNK: usize = 64 << 10;
+
+/// How many chunks one direction of one connection may have in flight:
+/// twice the link's bandwidth-delay product (the path plus a router queue
+/// of the same size), at most 8 MiB (about Linux's TCP window ceiling), at
+/// least 256 KiB. Past it the sender waits, as it would on the real path.
+fn in_flight_chunks(shape: &LinkShape) -> usize {
+    let bdp = match shape.bits_per_second {
+        Some(bps) => (bps as f64 / 8.0 * shape.round_trip.as_secs_f64()) as usize,
+        None => usize::MAX / 4,
+    };
+    (2 * bdp / CHUNK).clamp(4, 128)
+}
+
+/// When the link is next free in one direction, shared by every
+/// connection's bytes going that way.
+type LinkClock = std::sync::Arc<std::sync::Mutex<Instant>>;
 
 /// A running relay. Stops (and closes every relayed connection) when
 /// dropped.
@@ -111,7 +126,10 @@ impl Drop for Relay {
 }
 
 async fn accept_loop(listener: TcpListener, target: SocketAddr, shape: LinkShape) {
+    let clock = || LinkClock::new(std::sync::Mutex::new(Instant::now()));
+    let (upstream, downstream) = (clock(), clock());
     while let Ok((client, _)) = listener.accept().await {
+        let (upstream, downstream) = (upstream.clone(), downstream.clone());
         tokio::spawn(async move {
             // A target that refuses is the client's to see: it gets EOF.
             let Ok(server) = TcpStream::connect(target).await else {
@@ -122,28 +140,37 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, shape: LinkShape
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
             tokio::join!(
-                shaped_pipe(client_read, server_write, shape),
-                shaped_pipe(server_read, client_write, shape)
+                shaped_pipe(client_read, server_write, shape, upstream),
+                shaped_pipe(server_read, client_write, shape, downstream)
             );
         });
     }
 }
 
-/// One direction: chunks leave the link in order, each after the previous
-/// one has been serialised at the shaped rate, and arrive half a round
-/// trip later.
-async fn shaped_pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shape: LinkShape) {
-    let (tx, mut rx) = mpsc::channel::<(Bytes, Instant)>(IN_FLIGHT_BYTES / CHUNK);
+/// One direction of one connection: chunks leave the link in order, each
+/// once the link (shared with the other connections) has serialised what
+/// was sent before it at the shaped rate, and arrive half a round trip
+/// later.
+async fn shaped_pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    shape: LinkShape,
+    link: LinkClock,
+) {
+    let (tx, mut rx) = mpsc::channel::<(Bytes, Instant)>(in_flight_chunks(&shape));
     let reader = async move {
-        let mut link_free_at = Instant::now();
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            link_free_at = link_free_at.max(Instant::now()) + shape.serialisation(n);
-            let arrives_at = link_free_at + shape.one_way();
+            let sent_at = {
+                let mut free_at = link.lock().unwrap_or_else(|e| e.into_inner());
+                *free_at = (*free_at).max(Instant::now()) + shape.serialisation(n);
+                *free_at
+            };
+            let arrives_at = sent_at + shape.one_way();
             if tx
                 .send((Bytes::copy_from_slice(&buf[..n]), arrives_at))
                 .await
@@ -193,42 +220,85 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    /// An echo server on 127.0.0.1, for one connection.
-    fn echo_server() -> (SocketAddr, std::thread::JoinHandle<()>) {
+    /// An echo server on 127.0.0.1, for `connections` connections at once.
+    fn echo_server(connections: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let thread = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => conn.write_all(&buf[..n]).unwrap(),
-                }
+            let echoes: Vec<_> = (0..connections)
+                .map(|_| {
+                    let (mut conn, _) = listener.accept().unwrap();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 1 << 16];
+                        loop {
+                            match conn.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => conn.write_all(&buf[..n]).unwrap(),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for echo in echoes {
+                echo.join().unwrap();
             }
         });
         (address, thread)
     }
 
-    fn round_trip_through(shape: LinkShape, payload: &[u8]) -> (Vec<u8>, Duration) {
-        let (target, server) = echo_server();
+    /// Sends `payload` on `connections` connections at once through a
+    /// relay to an echo server; what came back on each, and how long the
+    /// slowest took.
+    fn round_trips_through(
+        shape: LinkShape,
+        payload: &[u8],
+        connections: usize,
+    ) -> (Vec<Vec<u8>>, Duration) {
+        let (target, server) = echo_server(connections);
         let relay = Relay::start(target, shape, 0).unwrap();
-        let mut conn = std::net::TcpStream::connect(relay.address()).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
         let started = std::time::Instant::now();
-        let mut writer = conn.try_clone().unwrap();
-        let to_send = payload.to_vec();
-        let sending = std::thread::spawn(move || {
-            writer.write_all(&to_send).unwrap();
-            writer.shutdown(std::net::Shutdown::Write).unwrap();
-        });
-        let mut echoed = Vec::new();
-        conn.read_to_end(&mut echoed).unwrap();
+        let clients: Vec<_> = (0..connections)
+            .map(|_| {
+                let mut conn = std::net::TcpStream::connect(relay.address()).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                let mut writer = conn.try_clone().unwrap();
+                let to_send = payload.to_vec();
+                std::thread::spawn(move || {
+                    let sending = std::thread::spawn(move || {
+                        writer.write_all(&to_send).unwrap();
+                        writer.shutdown(std::net::Shutdown::Write).unwrap();
+                    });
+                    let mut echoed = Vec::new();
+                    conn.read_to_end(&mut echoed).unwrap();
+                    sending.join().unwrap();
+                    echoed
+                })
+            })
+            .collect();
+        let echoed = clients.into_iter().map(|c| c.join().unwrap()).collect();
         let elapsed = started.elapsed();
-        sending.join().unwrap();
         server.join().unwrap();
         (echoed, elapsed)
+    }
+
+    fn round_trip_through(shape: LinkShape, payload: &[u8]) -> (Vec<u8>, Duration) {
+        let (mut echoed, elapsed) = round_trips_through(shape, payload, 1);
+        (echoed.remove(0), elapsed)
+    }
+
+    #[test]
+    fn connections_share_the_link_rate() {
+        // Two connections of 512 KiB each: 1 MiB crosses the one 80 Mbit/s
+        // link in >= 104 ms, not 52 ms each side by side.
+        let payload = vec![9u8; 512 << 10];
+        let shape = LinkShape {
+            round_trip: Duration::ZERO,
+            bits_per_second: Some(80_000_000),
+        };
+        let (echoed, elapsed) = round_trips_through(shape, &payload, 2);
+        assert!(echoed.iter().all(|e| *e == payload));
+        assert!(elapsed >= Duration::from_millis(104), "{elapsed:?}");
     }
 
     #[test]
