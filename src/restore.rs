@@ -43,10 +43,11 @@ pub enum Outcome {
 /// failure (after `--sleep` for a failure that was not local).
 pub async fn run(args: &RestoreArgs) -> i32 {
     let stats = Arc::new(SessionStats::default());
+    crate::validate::set_data_directory(std::path::Path::new("."));
     let result = if args.test {
         run_test(args, &stats).await
     } else {
-        run_restore(args, &stats).await
+        within_call_deadline(args, &stats).await
     };
     write_stats(&stats);
     match result {
@@ -129,6 +130,39 @@ pub(crate) fn peak_rss_kib() -> u64 {
                 .and_then(|n| n.parse::<u64>().ok())
         })
         .unwrap_or(0)
+}
+
+/// How long one call may take, in `--io-timeout`s, whatever happens: the
+/// idle timer and the per-transfer bound each cover one wait, this covers
+/// their sum (a handoff, connection attempts, a transfer, a reconnect and
+/// another transfer) and anything no bound foresaw. Ten minutes by default.
+pub const CALL_IO_TIMEOUTS: u32 = 10;
+
+/// The call's deadline: see [`CALL_IO_TIMEOUTS`].
+pub fn call_limit(args: &RestoreArgs) -> Duration {
+    Duration::from_secs(args.connection.io_timeout.max(1)) * CALL_IO_TIMEOUTS
+}
+
+async fn within_call_deadline(
+    args: &RestoreArgs,
+    stats: &Arc<SessionStats>,
+) -> Result<Outcome, Failure> {
+    let limit = call_limit(args);
+    let deadline = tokio::time::Instant::now() + limit;
+    match tokio::time::timeout_at(deadline, run_restore(args, stats, deadline)).await {
+        Ok(result) => result,
+        Err(_) => {
+            // Transfers still running on other tasks must leave no temp
+            // file behind, nor start new ones: the process exits now.
+            crate::shutdown::TempRegistry::remove_all();
+            Err(Failure::Connection(format!(
+                "gave up on {} after {} s, the deadline of one call ({CALL_IO_TIMEOUTS} x \
+                 --io-timeout): the Barman host answers too slowly or never finishes",
+                args.wal_name.escape_debug(),
+                limit.as_secs()
+            )))
+        }
+    }
 }
 
 async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
@@ -224,7 +258,11 @@ pub fn serve_from_spool(args: &RestoreArgs) -> Option<i32> {
     Some(exit::SUCCESS)
 }
 
-async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
+async fn run_restore(
+    args: &RestoreArgs,
+    stats: &Arc<SessionStats>,
+    deadline: tokio::time::Instant,
+) -> Result<Outcome, Failure> {
     let checked = check_locally(args)?;
     if checked.wal.kind() == WalKind::History && checked.wal.timeline() == 1 {
         // PostgreSQL writes a history file only when it creates a timeline,
@@ -323,8 +361,18 @@ async fn run_restore(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Ou
                 })
             }
         };
-        let result =
-            fetch_with_prefetch(&fetcher, &wal, &dest, spool.as_ref(), args.parallel).await;
+        // A delivered file is not given up for prefetches still running:
+        // they get nine tenths of the call's time.
+        let prefetch_deadline = deadline - call_limit(args) / 10;
+        let result = fetch_with_prefetch(
+            &fetcher,
+            &wal,
+            &dest,
+            spool.as_ref(),
+            args.parallel,
+            prefetch_deadline,
+        )
+        .await;
         fetcher.session().close().await;
         match result {
             Err(failure) if failure.is_transient() && session_attempt < SESSION_ATTEMPTS => {
@@ -411,12 +459,13 @@ async fn fetch_with_prefetch(
     dest: &std::path::Path,
     spool: Option<&Spool>,
     parallel: usize,
+    prefetch_deadline: tokio::time::Instant,
 ) -> Result<Outcome, Failure> {
     let requested = {
         let fetcher = fetcher.clone();
         let wal = wal.clone();
         let dest = dest.to_path_buf();
-        tokio::spawn(async move { fetcher.transfer(&wal, &dest).await })
+        tokio::spawn(async move { fetcher.transfer_requested(&wal, &dest).await })
     };
     let prefetch = match spool {
         Some(spool) if parallel > 1 && wal.is_segment() => {
@@ -474,7 +523,19 @@ async fn fetch_with_prefetch(
         }
     }
     let (prefetched, prefetch_failures) = match prefetch {
-        Some(task) => task.await.unwrap_or_default(),
+        Some(mut task) => match tokio::time::timeout_at(prefetch_deadline, &mut task).await {
+            Ok(done) => done.unwrap_or_default(),
+            Err(_) => {
+                task.abort();
+                // Its transfers run on tasks of their own: their temp files
+                // go now, and no new one starts before the process exits.
+                crate::shutdown::TempRegistry::remove_all();
+                let late = Failure::Connection(
+                    "prefetches still running at the call's deadline were abandoned".to_string(),
+                );
+                (0, vec![late])
+            }
+        },
         None => (0, Vec::new()),
     };
     if fetcher.options().verbose {
@@ -491,7 +552,7 @@ async fn fetch_with_prefetch(
             if fetcher.options().verbose {
                 eprintln!("WARNING: {failure}; dropped prefetched files to make room");
             }
-            fetcher.transfer(wal, dest).await
+            fetcher.transfer_requested(wal, dest).await
         }
         (result, _) => result,
     };
