@@ -780,8 +780,7 @@ mod tests {
     /// short. Each is the end of WAL in a `.partial`, damage otherwise.
     #[test]
     fn a_complete_segment_must_not_end_early() {
-        let heap = record(10, 0x20, b"heap");
-        let zero_length = built(&[heap.clone()], 0);
+        let zero_length = built(&[record(10, 0x20, b"heap")], 0);
         let err = walk(&zero_length, 100).unwrap_err();
         assert!(
             err.contains("ends early") && err.contains("zero record length"),
