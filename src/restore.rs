@@ -44,11 +44,7 @@ pub enum Outcome {
 pub async fn run(args: &RestoreArgs) -> i32 {
     let stats = Arc::new(SessionStats::default());
     crate::validate::set_data_directory(std::path::Path::new("."));
-    let result = if args.test {
-        run_test(args, &stats).await
-    } else {
-        within_call_deadline(args, &stats).await
-    };
+    let result = within_call_deadline(args, &stats).await;
     write_stats(&stats);
     match result {
         Ok(outcome) => {
@@ -149,7 +145,14 @@ async fn within_call_deadline(
 ) -> Result<Outcome, Failure> {
     let limit = call_limit(args);
     let deadline = tokio::time::Instant::now() + limit;
-    match tokio::time::timeout_at(deadline, run_restore(args, stats, deadline)).await {
+    let call = async {
+        if args.test {
+            run_test(args, stats).await
+        } else {
+            run_restore(args, stats, deadline).await
+        }
+    };
+    match tokio::time::timeout_at(deadline, call).await {
         Ok(result) => result,
         Err(_) => {
             // Transfers still running on other tasks must leave no temp
