@@ -83,8 +83,37 @@ pub fn looks_plain(kind: WalKind, head: &[u8]) -> bool {
 }
 
 /// The largest decoded file we accept: PostgreSQL's largest segment size.
-/// A stream that decodes to more is not WAL (or is a decompression bomb).
+/// A segment is held to the size its own long page header announces (see
+/// [`decoded_limit`]), which is at most this.
 pub const MAX_DECODED: u64 = 1 << 30;
+
+/// The largest `.history` or `.backup` file we accept. A history file has
+/// one line per timeline switch, `TLI<tab>LSN<tab>reason`, under 150 bytes
+/// even with the longest reason (a 63-byte restore point name): 8 MiB is
+/// over 55,000 switches, a failover a day for 150 years. A backup history
+/// file is a few hundred bytes. Anything longer is a decompression bomb or
+/// not the file asked for, and is refused before it fills `pg_wal`.
+pub const MAX_TEXT: u64 = 8 << 20;
+
+/// How many decoded bytes a file of this kind may have, once its first
+/// bytes are known: a segment the size its long page header announces (a
+/// header announcing no valid size keeps [`MAX_DECODED`]: validation refuses
+/// it, unless `--no-verify` said not to judge it). `None`: not enough bytes
+/// yet to tell.
+pub fn decoded_limit(kind: WalKind, head: &[u8]) -> Option<u64> {
+    match kind {
+        WalKind::History | WalKind::Backup => Some(MAX_TEXT),
+        WalKind::Segment | WalKind::Partial => {
+            let header = crate::validate::LongPageHeader::parse(head)?;
+            let size = u64::from(header.segment_size);
+            Some(if crate::validate::is_valid_segment_size(size) {
+                size
+            } else {
+                MAX_DECODED
+            })
+        }
+    }
+}
 
 /// Why decoding stopped.
 #[derive(Debug)]
@@ -94,7 +123,8 @@ pub enum DecodeError {
     /// garbage). The first bytes are kept for the message.
     UnknownFormat(Vec<u8>),
     /// The compressed stream is damaged or truncated, or decodes to more
-    /// than [`MAX_DECODED`].
+    /// than a file of its kind can hold (see [`decoded_limit`]; decoding
+    /// stops there, nothing more is written).
     Corrupt { format: Format, detail: String },
     /// Writing the output failed (a full disk, an I/O error).
     Write(io::Error),
@@ -293,6 +323,7 @@ pub fn decode_stream<R: Read + Send>(
     let mut buf = vec![0u8; 128 << 10];
     let mut head = Vec::with_capacity(HEAD_LEN);
     let mut bytes_out = 0u64;
+    let mut limit = None;
     let mut checker = match kind {
         WalKind::Segment => Some(RecordChecker::new()),
         WalKind::Partial => Some(RecordChecker::for_partial()),
@@ -314,11 +345,24 @@ pub fn decode_stream<R: Read + Send>(
             let take = n.min(HEAD_LEN - head.len());
             head.extend_from_slice(&buf[..take]);
         }
+        if limit.is_none() {
+            limit = decoded_limit(kind, &head);
+        }
         bytes_out += n as u64;
-        if bytes_out > MAX_DECODED {
+        // Checked before writing: a bomb never puts more than a segment's
+        // worth of bytes in pg_wal or the spool.
+        let allowed = limit.unwrap_or(MAX_DECODED);
+        if bytes_out > allowed {
+            let what = match kind {
+                WalKind::Segment | WalKind::Partial => "its WAL header announces",
+                WalKind::History | WalKind::Backup => "any real history or backup file has",
+            };
             return Err(DecodeError::Corrupt {
                 format,
-                detail: format!("decodes to more than {MAX_DECODED} bytes"),
+                detail: format!(
+                    "decodes to more than the {allowed} bytes {what} (a decompression bomb?); \
+                     decoding stopped there"
+                ),
             });
         }
         if let Some(checker) = checker.as_mut() {

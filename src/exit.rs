@@ -31,10 +31,11 @@ pub const ABORT_RECOVERY: i32 = 255;
 pub enum RecoveryMode {
     /// `standby.signal`: a failure means "try again later"; nothing is lost.
     Standby,
-    /// `recovery.signal` alone (PITR, archive recovery): ANY failure is
-    /// taken as the end of WAL and the server promotes.
+    /// `recovery.signal` alone (PITR, archive recovery), or before
+    /// PostgreSQL 12 a `recovery.conf` without `standby_mode = on`: ANY
+    /// failure is taken as the end of WAL and the server promotes.
     ArchiveRecovery,
-    /// Neither file: called by hand, or by an old PostgreSQL.
+    /// None of those files: called by hand.
     Unknown,
 }
 
@@ -44,10 +45,41 @@ impl RecoveryMode {
             RecoveryMode::Standby
         } else if dir.join("recovery.signal").exists() {
             RecoveryMode::ArchiveRecovery
+        } else if let Ok(conf) = std::fs::read_to_string(dir.join("recovery.conf")) {
+            // PostgreSQL 9.6 to 11: recovery.conf starts any recovery, and
+            // standby_mode (off unless set) makes it a standby.
+            if standby_mode(&conf) {
+                RecoveryMode::Standby
+            } else {
+                RecoveryMode::ArchiveRecovery
+            }
         } else {
             RecoveryMode::Unknown
         }
     }
+}
+
+/// `standby_mode` in a recovery.conf, read as PostgreSQL reads a boolean
+/// setting (the last one counts; on/true/yes/1 and their prefixes).
+fn standby_mode(conf: &str) -> bool {
+    let mut on = false;
+    for line in conf.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some((key, value)) = line
+            .split_once('=')
+            .or_else(|| line.split_once(char::is_whitespace))
+        else {
+            continue;
+        };
+        if key.trim().eq_ignore_ascii_case("standby_mode") {
+            let value = value.trim().trim_matches('\'').trim().to_ascii_lowercase();
+            on = matches!(
+                value.as_str(),
+                "on" | "true" | "yes" | "1" | "t" | "y" | "tr" | "tru" | "ye"
+            );
+        }
+    }
+    on
 }
 
 /// `--on-failure`: what a failure that is not Barman's confirmed "not
@@ -180,6 +212,36 @@ mod tests {
             FailurePolicy::Abort.exit_code(&miss, RecoveryMode::Standby),
             NOT_AVAILABLE
         );
+    }
+
+    #[test]
+    fn recovery_conf_is_a_recovery_and_standby_mode_makes_a_standby() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(RecoveryMode::detect(dir.path()), RecoveryMode::Unknown);
+        let conf = dir.path().join("recovery.conf");
+        for (text, mode) in [
+            (
+                "restore_command = 'x %f %p'\n",
+                RecoveryMode::ArchiveRecovery,
+            ),
+            ("standby_mode = 'off'\n", RecoveryMode::ArchiveRecovery),
+            ("standby_mode = on\n", RecoveryMode::Standby),
+            ("standby_mode='TRUE' # a standby\n", RecoveryMode::Standby),
+            ("standby_mode = 'yes'\n", RecoveryMode::Standby),
+            ("standby_mode = 1\n", RecoveryMode::Standby),
+            ("#standby_mode = on\n", RecoveryMode::ArchiveRecovery),
+            (
+                "standby_mode = on\nstandby_mode = off\n",
+                RecoveryMode::ArchiveRecovery,
+            ),
+        ] {
+            std::fs::write(&conf, text).unwrap();
+            assert_eq!(RecoveryMode::detect(dir.path()), mode, "{text:?}");
+        }
+        // The signal files of PostgreSQL 12 and later come first.
+        std::fs::write(dir.path().join("standby.signal"), "").unwrap();
+        std::fs::write(&conf, "").unwrap();
+        assert_eq!(RecoveryMode::detect(dir.path()), RecoveryMode::Standby);
     }
 
     #[test]

@@ -89,6 +89,15 @@ pub const MAX_STREAMS: usize = 5;
 /// streams 33.3-36.5 MiB and 6.3-7.1 s.
 pub const DIRECT_STREAMS: usize = 4;
 
+/// The longest `get-wal --peek` answer read: 256 names (the most we ask
+/// for) take under 7 KiB.
+const MAX_PEEK_ANSWER: usize = 1 << 20;
+
+/// How long one transfer may stream, in `--io-timeout`s: the idle timer
+/// alone lets a trickle (a byte now and then) hold a call forever. Five
+/// idle periods (5 minutes by default) move a 16 MiB segment at 56 KiB/s.
+pub const TRANSFER_IO_TIMEOUTS: u32 = 5;
+
 /// The longest pause between two tries of a refused channel open; a freed
 /// slot normally wakes the waiter well before.
 const REFUSED_RETRY_MAX: Duration = Duration::from_millis(200);
@@ -165,18 +174,40 @@ impl Fetcher {
         let command = self.server.peek(wal, count);
         let mut exec = self.exec(&command).await?;
         let mut stdout = Vec::new();
-        let read = async {
+        // A listing is a few KiB: one that keeps coming (a trickle resets
+        // the idle timer) is cut, not waited for.
+        let bound = self.session.target().io_timeout;
+        let read = tokio::time::timeout(bound, async {
             while let Some(chunk) = exec.next_stdout().await? {
-                if stdout.len() < (1 << 20) {
-                    stdout.extend_from_slice(&chunk);
+                stdout.extend_from_slice(&chunk);
+                if stdout.len() > MAX_PEEK_ANSWER {
+                    return Err(Failure::Remote {
+                        status: 1,
+                        message: format!(
+                            "barman get-wal --peek answered more than {MAX_PEEK_ANSWER} bytes"
+                        ),
+                    });
                 }
             }
             Ok::<(), Failure>(())
-        }
-        .await;
-        let exit = exec.finish().await;
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::Connection(format!(
+                "barman get-wal --peek did not end within {} s (--io-timeout)",
+                bound.as_secs()
+            )))
+        });
+        let exit = match read {
+            Ok(()) => Some(exec.finish().await),
+            Err(_) => {
+                exec.abandon().await;
+                None
+            }
+        };
         self.channel_done();
         read?;
+        let exit = exit.expect("a finished read has an exit");
         if exit.status != Some(0) {
             return Err(exit.into_failure("barman get-wal --peek"));
         }
@@ -198,9 +229,46 @@ impl Fetcher {
     }
 
     /// Fetches `wal` to `dest`: written under a temp name beside `dest`,
-    /// decoded while it arrives, validated, synced, renamed.
+    /// decoded while it arrives, validated, synced, renamed. A segment is
+    /// asked for as itself and held to a complete segment's rules, even
+    /// with `-P`: only [`Fetcher::transfer_requested`] takes a `.partial`
+    /// in its place, so nothing stores a `.partial`'s bytes in the spool
+    /// under a full segment's name.
     pub async fn transfer(&self, wal: &WalName, dest: &Path) -> Result<Delivered, Failure> {
-        if wal.kind() != WalKind::Partial {
+        self.transfer_as(wal, dest, Lookup::AsNamed).await
+    }
+
+    /// Fetches the file PostgreSQL asked for to `%p`. With `-P`, a segment
+    /// Barman does not have is asked for again with `--partial`, and
+    /// Barman's answer (its `.partial` of that segment) is judged as the
+    /// `.partial` it is: the WAL may end before the segment does. Asked in
+    /// two steps because Barman's answer does not say which file it sent:
+    /// in one step a complete segment whose end was lost would pass as a
+    /// `.partial`.
+    pub async fn transfer_requested(
+        &self,
+        wal: &WalName,
+        dest: &Path,
+    ) -> Result<Delivered, Failure> {
+        let result = self.transfer(wal, dest).await;
+        match result {
+            Err(Failure::NotFound(_)) if self.options.partial && wal.kind() == WalKind::Segment => {
+                if self.options.verbose {
+                    eprintln!("INFO: Barman has no {wal}; asking for its .partial (-P)");
+                }
+                self.transfer_as(wal, dest, Lookup::PartialOfSegment).await
+            }
+            other => other,
+        }
+    }
+
+    async fn transfer_as(
+        &self,
+        wal: &WalName,
+        dest: &Path,
+        lookup: Lookup,
+    ) -> Result<Delivered, Failure> {
+        if wal.kind() != WalKind::Partial && lookup == Lookup::AsNamed {
             if let Some(layout) = self.layout() {
                 if let Some(delivered) = self.transfer_direct(&layout, wal, dest).await? {
                     return Ok(delivered);
@@ -209,7 +277,7 @@ impl Fetcher {
         }
         let mut transfer = self.transfer_for(wal);
         loop {
-            match self.transfer_once(wal, dest, transfer).await {
+            match self.transfer_once(wal, dest, transfer, lookup).await {
                 Err(Attempt::RetryDecompressed(why)) if transfer != Transfer::Decompressed => {
                     if self.options.verbose {
                         eprintln!("INFO: {wal}: {why}; asking Barman to decompress it instead");
@@ -228,9 +296,17 @@ impl Fetcher {
         wal: &WalName,
         dest: &Path,
         transfer: Transfer,
+        lookup: Lookup,
     ) -> Result<Delivered, Attempt> {
-        let command = self.server.get_wal(wal, transfer, self.options.partial);
-        match self.stream(&command, wal, dest).await {
+        // A `.partial` name is found only with `--partial`, as Barman's own
+        // client does it; a segment only when asked for its `.partial`.
+        let (partial_flag, rules) = match (wal.kind(), lookup) {
+            (WalKind::Partial, _) => (self.options.partial, WalKind::Partial),
+            (kind, Lookup::AsNamed) => (false, kind),
+            (_, Lookup::PartialOfSegment) => (true, WalKind::Partial),
+        };
+        let command = self.server.get_wal(wal, transfer, partial_flag);
+        match self.stream(&command, wal, dest, rules).await {
             Ok(delivered) => Ok(delivered),
             Err(StreamEnd::Remote(exit)) => {
                 if self.options.auto_keep
@@ -254,11 +330,13 @@ impl Fetcher {
 
     /// Runs `command` and delivers its stdout to `dest`: a temp name beside
     /// it, decoded while it arrives, validated, synced, renamed.
+    /// `rules`: the kind of file the bytes are checked as.
     async fn stream(
         &self,
         command: &str,
         wal: &WalName,
         dest: &Path,
+        rules: WalKind,
     ) -> Result<Delivered, StreamEnd> {
         let started = Instant::now();
         let local = |e: std::io::Error| StreamEnd::Failed(spool::dest_failure(dest, &e));
@@ -266,22 +344,27 @@ impl Fetcher {
         let (temp, file) = TempFile::create_in(dir, wal.as_str()).map_err(local)?;
         let output = file.try_clone().map_err(local)?;
         let mut exec = self.exec(command).await.map_err(StreamEnd::Failed)?;
-        // With -P, Barman answers a missing segment with its `.partial`:
-        // check the bytes as such.
-        let content = match wal.kind() {
-            WalKind::Segment if self.options.partial => WalKind::Partial,
-            kind => kind,
-        };
-        let mut sink = DecodeSink::start(output, content);
-        let streamed = async {
+        let mut sink = DecodeSink::start(output, rules);
+        let bound = self.session.target().io_timeout * TRANSFER_IO_TIMEOUTS;
+        let streamed = tokio::time::timeout(bound, async {
             while let Some(chunk) = exec.next_stdout().await? {
                 if !sink.feed(chunk).await {
                     return Ok(false);
                 }
             }
             Ok::<bool, Failure>(true)
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::Remote {
+                status: 1,
+                message: format!(
+                    "{wal}: the transfer did not end within {} s ({TRANSFER_IO_TIMEOUTS} x \
+                     --io-timeout) although bytes kept coming: the Barman host sends too slowly",
+                    bound.as_secs()
+                ),
+            })
+        });
         let (exit, transport) = match streamed {
             Ok(true) => (Some(exec.finish().await), None),
             Ok(false) => {
@@ -420,7 +503,10 @@ impl Fetcher {
         dest: &Path,
     ) -> Result<Option<Delivered>, Failure> {
         for path in layout.candidates(wal) {
-            match self.stream(&direct::cat_command(&path), wal, dest).await {
+            match self
+                .stream(&direct::cat_command(&path), wal, dest, wal.kind())
+                .await
+            {
                 Ok(delivered) => return Ok(Some(delivered)),
                 Err(StreamEnd::Remote(exit))
                     if direct::is_missing_file(exit.status, &exit.stderr) => {}
@@ -566,6 +652,15 @@ async fn read_small(exec: ExecChannel) -> Option<String> {
         (Some(0), bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
         _ => None,
     }
+}
+
+/// Which file Barman is asked for under a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The file of that name, judged by its kind's rules.
+    AsNamed,
+    /// With `-P`, for a segment Barman does not have: its `.partial`.
+    PartialOfSegment,
 }
 
 /// How one attempt at a transfer ended, when it did not deliver.

@@ -47,11 +47,8 @@ pub enum Outcome {
 pub async fn run(args: &RestoreArgs) -> i32 {
     let stats = Arc::new(SessionStats::default());
     let cluster = cluster_here();
-    let result = if args.test {
-        run_test(args, &stats).await
-    } else {
-        restore_confirmed(args, &stats, cluster.as_ref()).await
-    };
+    crate::validate::set_data_directory(std::path::Path::new("."));
+    let result = within_call_deadline(args, &stats, cluster.as_ref()).await;
     write_stats(&stats);
     match result {
         Ok(outcome) => {
@@ -188,10 +185,11 @@ async fn restore_confirmed(
     args: &RestoreArgs,
     stats: &Arc<SessionStats>,
     cluster: Option<&ClusterIdentity>,
+    deadline: tokio::time::Instant,
 ) -> Result<Outcome, Failure> {
     let mut local = true;
     loop {
-        let outcome = run_restore(args, stats, cluster, local).await?;
+        let outcome = run_restore(args, stats, cluster, local, deadline).await?;
         let source = match outcome {
             Outcome::FromSpool | Outcome::FromWorker => Source::Spool,
             _ => Source::Barman,
@@ -260,6 +258,47 @@ pub(crate) fn peak_rss_kib() -> u64 {
                 .and_then(|n| n.parse::<u64>().ok())
         })
         .unwrap_or(0)
+}
+
+/// How long one call may take, in `--io-timeout`s, whatever happens: the
+/// idle timer and the per-transfer bound each cover one wait, this covers
+/// their sum (a handoff, connection attempts, a transfer, a reconnect and
+/// another transfer) and anything no bound foresaw. Ten minutes by default.
+pub const CALL_IO_TIMEOUTS: u32 = 10;
+
+/// The call's deadline: see [`CALL_IO_TIMEOUTS`].
+pub fn call_limit(args: &RestoreArgs) -> Duration {
+    Duration::from_secs(args.connection.io_timeout.max(1)) * CALL_IO_TIMEOUTS
+}
+
+async fn within_call_deadline(
+    args: &RestoreArgs,
+    stats: &Arc<SessionStats>,
+    cluster: Option<&ClusterIdentity>,
+) -> Result<Outcome, Failure> {
+    let limit = call_limit(args);
+    let deadline = tokio::time::Instant::now() + limit;
+    let call = async {
+        if args.test {
+            run_test(args, stats).await
+        } else {
+            restore_confirmed(args, stats, cluster, deadline).await
+        }
+    };
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(result) => result,
+        Err(_) => {
+            // Transfers still running on other tasks must leave no temp
+            // file behind, nor start new ones: the process exits now.
+            crate::shutdown::TempRegistry::remove_all();
+            Err(Failure::Connection(format!(
+                "gave up on {} after {} s, the deadline of one call ({CALL_IO_TIMEOUTS} x \
+                 --io-timeout): the Barman host answers too slowly or never finishes",
+                args.wal_name.escape_debug(),
+                limit.as_secs()
+            )))
+        }
+    }
 }
 
 async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
@@ -406,6 +445,7 @@ async fn run_restore(
     stats: &Arc<SessionStats>,
     cluster: Option<&ClusterIdentity>,
     local: bool,
+    deadline: tokio::time::Instant,
 ) -> Result<Outcome, Failure> {
     let checked = check_locally(args, cluster)?;
     if checked.wal.kind() == WalKind::History && checked.wal.timeline() == 1 {
@@ -509,8 +549,18 @@ async fn run_restore(
                 })
             }
         };
-        let result =
-            fetch_with_prefetch(&fetcher, &wal, &dest, spool.as_ref(), args.parallel).await;
+        // A delivered file is not given up for prefetches still running:
+        // they get nine tenths of the call's time.
+        let prefetch_deadline = deadline - call_limit(args) / 10;
+        let result = fetch_with_prefetch(
+            &fetcher,
+            &wal,
+            &dest,
+            spool.as_ref(),
+            args.parallel,
+            prefetch_deadline,
+        )
+        .await;
         fetcher.session().close().await;
         match result {
             Err(failure) if failure.is_transient() && session_attempt < SESSION_ATTEMPTS => {
@@ -597,12 +647,13 @@ async fn fetch_with_prefetch(
     dest: &std::path::Path,
     spool: Option<&Spool>,
     parallel: usize,
+    prefetch_deadline: tokio::time::Instant,
 ) -> Result<Outcome, Failure> {
     let requested = {
         let fetcher = fetcher.clone();
         let wal = wal.clone();
         let dest = dest.to_path_buf();
-        tokio::spawn(async move { fetcher.transfer(&wal, &dest).await })
+        tokio::spawn(async move { fetcher.transfer_requested(&wal, &dest).await })
     };
     let prefetch = match spool {
         Some(spool) if parallel > 1 && wal.is_segment() => {
@@ -660,7 +711,19 @@ async fn fetch_with_prefetch(
         }
     }
     let (prefetched, prefetch_failures) = match prefetch {
-        Some(task) => task.await.unwrap_or_default(),
+        Some(mut task) => match tokio::time::timeout_at(prefetch_deadline, &mut task).await {
+            Ok(done) => done.unwrap_or_default(),
+            Err(_) => {
+                task.abort();
+                // Its transfers run on tasks of their own: their temp files
+                // go now, and no new one starts before the process exits.
+                crate::shutdown::TempRegistry::remove_all();
+                let late = Failure::Connection(
+                    "prefetches still running at the call's deadline were abandoned".to_string(),
+                );
+                (0, vec![late])
+            }
+        },
         None => (0, Vec::new()),
     };
     if fetcher.options().verbose {
@@ -677,7 +740,7 @@ async fn fetch_with_prefetch(
             if fetcher.options().verbose {
                 eprintln!("WARNING: {failure}; dropped prefetched files to make room");
             }
-            fetcher.transfer(wal, dest).await
+            fetcher.transfer_requested(wal, dest).await
         }
         (result, _) => result,
     };

@@ -164,6 +164,9 @@ struct Worker<'a> {
 /// Runs the worker for the spool of `args` and returns its exit status
 /// (nobody waits for it; the log says why it ended).
 pub async fn run(args: &RestoreArgs) -> i32 {
+    if let Some(dir) = &args.async_data_dir {
+        crate::validate::set_data_directory(dir);
+    }
     let spool = match Spool::open(&args.spool_dir) {
         Ok(spool) => spool,
         Err(failure) => {

@@ -41,6 +41,8 @@ pub enum Target {
     Wal(String),
     /// `--peek` commands (the fault then applies to the listing).
     Peeks,
+    /// `barman show-server` (what `--direct-read` learns the layout from).
+    ShowServer,
 }
 
 /// What happens to a targeted command.
@@ -67,6 +69,15 @@ pub enum StreamFault {
     Empty,
     /// Sleep this long before each chunk (chunks are [`super::CHUNK_SIZE`]).
     DelayPerChunk(Duration),
+    /// Send these bytes instead (a test's hand-made payload: a segment that
+    /// ends early, a decompression bomb), exit 0.
+    SendBytes(Vec<u8>),
+    /// Send the payload `bytes` at a time, `every` apart: always some
+    /// progress before an idle timer runs out, never the end in time.
+    Trickle { bytes: usize, every: Duration },
+    /// After the payload, send it again every this long, forever (until
+    /// the client closes): an answer that never ends.
+    Endless(Duration),
 }
 
 /// One injected fault and the commands it hits.
@@ -104,6 +115,7 @@ impl FaultRule {
 pub(crate) enum Matched<'a> {
     Transfer { ordinal: u64, wal: &'a str },
     Peek,
+    ShowServer,
     Other,
 }
 
@@ -119,6 +131,9 @@ pub(crate) struct Plan {
     pub garbage: Option<usize>,
     pub empty: bool,
     pub delay_per_chunk: Duration,
+    pub bytes: Option<Vec<u8>>,
+    pub trickle: Option<(usize, Duration)>,
+    pub endless: Option<Duration>,
 }
 
 impl Plan {
@@ -179,6 +194,7 @@ impl FaultsHandle {
                 (Target::NthTransfer(n), Matched::Transfer { ordinal, .. }) => *n == ordinal,
                 (Target::Wal(name), Matched::Transfer { wal, .. }) => name == wal,
                 (Target::Peeks, Matched::Peek) => true,
+                (Target::ShowServer, Matched::ShowServer) => true,
                 _ => false,
             };
             if !hit || rule.remaining == Some(0) {
@@ -197,6 +213,9 @@ impl FaultsHandle {
                 StreamFault::Garbage(len) => plan.garbage = Some(*len),
                 StreamFault::Empty => plan.empty = true,
                 StreamFault::DelayPerChunk(d) => plan.delay_per_chunk = *d,
+                StreamFault::SendBytes(bytes) => plan.bytes = Some(bytes.clone()),
+                StreamFault::Trickle { bytes, every } => plan.trickle = Some((*bytes, *every)),
+                StreamFault::Endless(every) => plan.endless = Some(*every),
             }
         }
         faults.rules.retain(|rule| rule.remaining != Some(0));

@@ -570,7 +570,15 @@ async fn run_command(
         tokio::time::sleep(latency).await;
     }
     let (answer, plan) = match (direct, command::parse(&command)) {
-        (Some(direct), _) => (answer_direct(&shared, direct), Plan::default()),
+        (Some(direct), _) => {
+            let plan = match direct {
+                command::DirectCommand::ShowServer { .. } => {
+                    shared.faults.plan_for(Matched::ShowServer)
+                }
+                _ => Plan::default(),
+            };
+            (answer_direct(&shared, direct), plan)
+        }
         (None, parsed) => match parsed {
             Err(refusal) => (
                 Answer::Fixed {
@@ -629,6 +637,8 @@ async fn finish_payload(
     };
     let source = if plan.empty {
         Source::Bytes(Vec::new())
+    } else if let Some(bytes) = &plan.bytes {
+        Source::Bytes(bytes.clone())
     } else if let Some(len) = plan.garbage {
         Source::Bytes(garbage(len))
     } else if let Some(other) = &plan.other_file {
@@ -647,6 +657,7 @@ async fn finish_payload(
     let cut = plan.cut_at();
     let mut sent = 0u64;
     let mut reached_cut = cut == Some(0);
+    let mut first_chunk: Option<Bytes> = None;
     while !reached_cut {
         let Some(item) = chunks.recv().await else {
             break;
@@ -675,12 +686,37 @@ async fn finish_payload(
             chunk.truncate((cut - sent) as usize);
             reached_cut = true;
         }
+        if plan.endless.is_some() && first_chunk.is_none() {
+            first_chunk = Some(chunk.clone());
+        }
         sent += chunk.len() as u64;
-        if writer.data_bytes(chunk).await.is_err() {
+        if let Some((bytes, every)) = plan.trickle {
+            for piece in chunk.chunks(bytes.max(1)) {
+                if writer
+                    .data_bytes(Bytes::copy_from_slice(piece))
+                    .await
+                    .is_err()
+                {
+                    return None;
+                }
+                tokio::time::sleep(every).await;
+            }
+        } else if writer.data_bytes(chunk).await.is_err() {
             return None; // The client went away.
         }
     }
     drop(chunks);
+    if let (Some(every), Some(chunk)) = (plan.endless, first_chunk) {
+        loop {
+            tokio::select! {
+                _ = kill.cancelled() => return None,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if writer.data_bytes(chunk.clone()).await.is_err() {
+                return None;
+            }
+        }
+    }
     if reached_cut {
         if plan.drop_after == cut {
             // Let the bytes already queued reach the socket, then reset it.
