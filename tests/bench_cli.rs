@@ -46,7 +46,7 @@ fn clients_each_run_the_whole_sequence_against_the_one_barman() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("per client, 2 clients at once"), "{stdout}");
+    assert!(stdout.contains("by each of 2 clients at once"), "{stdout}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let row = &report["summaries"][0];

@@ -201,18 +201,19 @@ impl Summary {
 
 /// The table, one row per program and setting, then the ratios.
 pub fn render_table(report: &BenchReport) -> String {
-    let clients = report.summaries.first().map_or(1, |s| s.setting.clients);
     let mut out = format!(
-        "{} sequential restore_command calls{} from {} against {}\n\n",
-        report.count,
-        if clients > 1 {
-            format!(" per client, {clients} clients at once (seg/s and MiB/s: all clients)")
-        } else {
-            String::new()
-        },
+        "{} from {} against {}\n\n",
+        calls_measured(report),
         report.first_wal,
         report.target
     );
+    if report
+        .summaries
+        .first()
+        .is_some_and(|s| s.setting.clients > 1)
+    {
+        out.insert_str(out.len() - 2, " (seg/s and MiB/s: all clients)");
+    }
     let with_barman_cpu = report
         .summaries
         .iter()
@@ -326,22 +327,22 @@ pub fn render_table(report: &BenchReport) -> String {
     out
 }
 
+/// "N sequential restore_command calls", and by how many clients at once.
+fn calls_measured(report: &BenchReport) -> String {
+    let clients = report.summaries.first().map_or(1, |s| s.setting.clients);
+    let mut what = format!("{} sequential restore_command calls", report.count);
+    if clients > 1 {
+        what.push_str(&format!(" by each of {clients} clients at once"));
+    }
+    what
+}
+
 /// The one line a newcomer reads: what was measured, and the ratio of the
 /// fastest of our settings to the first one (and to the compared command,
 /// when there is one). Failed calls void the ratios: a fast failure is no
 /// result.
 pub fn verdict(report: &BenchReport) -> String {
-    let clients = report.summaries.first().map_or(1, |s| s.setting.clients);
-    let what = format!(
-        "{} sequential restore_command calls{} from {}",
-        report.count,
-        if clients > 1 {
-            format!(" by each of {clients} clients at once")
-        } else {
-            String::new()
-        },
-        report.target
-    );
+    let what = format!("{} from {}", calls_measured(report), report.target);
     let bad: usize = report
         .summaries
         .iter()

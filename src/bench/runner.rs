@@ -127,6 +127,30 @@ fn shell_quote(s: &str) -> String {
     crate::remote::shell_quote(s)
 }
 
+/// Replaces each `%X` of `template` for which `value(X)` gives a value; any
+/// other `%X` (and `%%`, unless `value('%')` says otherwise) stays as it is.
+fn substitute(template: &str, value: impl Fn(char) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(x) => match value(x) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    out.push('%');
+                    out.push(x);
+                }
+            },
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 /// Substitutes the template's placeholders (`%f %p %s %j %k %%`).
 pub fn expand_template(
     template: &str,
@@ -136,56 +160,26 @@ pub fn expand_template(
     parallel: usize,
     keep: bool,
 ) -> String {
-    let mut out = String::new();
-    let mut chars = template.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('f') => out.push_str(&shell_quote(wal)),
-            Some('p') => out.push_str(&shell_quote(&dest.to_string_lossy())),
-            Some('s') => out.push_str(&shell_quote(&spool.to_string_lossy())),
-            Some('j') => out.push_str(&parallel.to_string()),
-            Some('k') => {
-                if keep {
-                    out.push_str("--keep-compression");
-                }
-            }
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
+    substitute(template, |x| match x {
+        'f' => Some(shell_quote(wal)),
+        'p' => Some(shell_quote(&dest.to_string_lossy())),
+        's' => Some(shell_quote(&spool.to_string_lossy())),
+        'j' => Some(parallel.to_string()),
+        'k' => Some(if keep { "--keep-compression" } else { "" }.to_string()),
+        '%' => Some("%".to_string()),
+        _ => None,
+    })
 }
 
 /// Substitutes `%H` and `%P`, where the compared command connects (the
 /// relay's address under `--rtt`/`--bandwidth`); the other placeholders are
 /// left for [`expand_template`], call by call.
 pub fn expand_endpoint(template: &str, host: &str, port: u16) -> String {
-    let mut out = String::new();
-    let mut chars = template.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('H') => out.push_str(&shell_quote(host)),
-            Some('P') => out.push_str(&port.to_string()),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
+    substitute(template, |x| match x {
+        'H' => Some(shell_quote(host)),
+        'P' => Some(port.to_string()),
+        _ => None,
+    })
 }
 
 /// Runs one process and waits for it with `wait4`, which gives its CPU
