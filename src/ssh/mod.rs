@@ -2,6 +2,7 @@
 //! ([`target`]), checking host keys ([`known_hosts`]), and the one russh
 //! session a call uses, with its exec channels ([`session`]).
 
+pub mod config;
 pub mod known_hosts;
 pub mod session;
 pub mod target;
