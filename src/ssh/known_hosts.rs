@@ -146,7 +146,7 @@ pub fn verify(host: &str, port: u16, key: &PublicKey, files: &[PathBuf]) -> Host
 /// `check_host_cert` does: signed by a `@cert-authority` key whose patterns
 /// name this host, not revoked (neither the CA nor the certified key), a
 /// host certificate, within its validity, naming `host` among its
-/// principals (an empty list names none), with no critical option.
+/// principals, with no critical option.
 pub fn verify_certificate(
     host: &str,
     port: u16,
@@ -197,12 +197,14 @@ pub fn verify_certificate(
             "its certificate's signature does not verify".into()
         });
     }
+    // OpenSSH compares the lowercased host name with each principal as
+    // written. An empty list is refused, as current OpenSSH refuses it
+    // (older releases read it as "any host").
     let host_only = host.to_ascii_lowercase();
-    if !cert
-        .valid_principals()
-        .iter()
-        .any(|p| p.eq_ignore_ascii_case(&host_only))
-    {
+    if cert.valid_principals().is_empty() {
+        return Err("its certificate names no principal".into());
+    }
+    if !cert.valid_principals().iter().any(|p| *p == host_only) {
         return Err(format!(
             "its certificate does not name {host_only} among its principals ({})",
             cert.valid_principals().join(",")
@@ -404,5 +406,100 @@ mod tests {
             verify("127.0.0.1", 2022, &k, &[file]),
             HostKeyVerdict::Known
         );
+    }
+
+    const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ssh-certs");
+    /// 2030-01-01: inside the fixtures' validity (2020 to 2040).
+    const NOW: u64 = 1_893_456_000;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{CERTS}/{name}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn cert(name: &str) -> Certificate {
+        Certificate::from_openssh(&fixture(name)).unwrap()
+    }
+
+    /// known_hosts with `lines`, and the verdict on `cert` for `host` on port 22.
+    fn check_cert(lines: &str, name: &str, host: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kh");
+        std::fs::write(&file, lines).unwrap();
+        verify_certificate(host, 22, &cert(name), &[file], NOW)
+    }
+
+    #[test]
+    fn host_certificates_as_openssh_checks_them() {
+        let ca = format!("@cert-authority *.example,10.0.0.5 {}\n", fixture("ca.pub"));
+        assert_eq!(
+            check_cert(&ca, "host-valid-cert.pub", "barman.example"),
+            Ok(())
+        );
+        assert_eq!(check_cert(&ca, "host-valid-cert.pub", "10.0.0.5"), Ok(()));
+        // A principal the certificate does not name.
+        let e = check_cert(&ca, "host-valid-cert.pub", "other.example").unwrap_err();
+        assert!(e.contains("principals"), "{e}");
+        // A host the @cert-authority line does not name.
+        let e = check_cert(&ca, "host-valid-cert.pub", "barman.elsewhere").unwrap_err();
+        assert!(e.contains("no @cert-authority line trusts"), "{e}");
+        let e = check_cert(&ca, "host-expired-cert.pub", "barman.example").unwrap_err();
+        assert!(e.contains("not valid now"), "{e}");
+        let e = check_cert(&ca, "host-other-ca-cert.pub", "barman.example").unwrap_err();
+        assert!(e.contains("no @cert-authority line trusts"), "{e}");
+        let e = check_cert(&ca, "user-type-cert.pub", "barman.example").unwrap_err();
+        assert!(e.contains("not a host certificate"), "{e}");
+        let e = check_cert(&ca, "host-no-principals-cert.pub", "barman.example").unwrap_err();
+        assert!(e.contains("no principal"), "{e}");
+        // A plain line for the CA key is not a @cert-authority line.
+        let plain = format!("* {}\n", fixture("ca.pub"));
+        assert!(check_cert(&plain, "host-valid-cert.pub", "barman.example").is_err());
+        // @revoked: the CA, or the certified key.
+        for revoked in ["ca.pub", "host.pub"] {
+            let lines = format!("{ca}@revoked * {}\n", fixture(revoked));
+            let e = check_cert(&lines, "host-valid-cert.pub", "barman.example").unwrap_err();
+            assert!(e.contains("@revoked"), "{revoked}: {e}");
+        }
+    }
+
+    #[test]
+    fn known_algorithms_list_what_known_hosts_holds_for_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kh");
+        let ecdsa = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEmKSENjQEezOmxkZMy7opKgwFB9nkt5YRrYMjNuG5N87uRgg6CLrbo5wAdT/y6v0mKV0U2w0WZ2YB/++Tpockg=";
+        std::fs::write(
+            &file,
+            format!(
+                "[barman]:2222 {ecdsa}\nother {}\n@cert-authority barm* {}\n",
+                KEY_A,
+                fixture("ca.pub")
+            ),
+        )
+        .unwrap();
+        let (algorithms, authority) = known_algorithms("barman", 2222, std::slice::from_ref(&file));
+        assert_eq!(
+            algorithms,
+            [PublicKey::from_openssh(ecdsa).unwrap().algorithm()]
+        );
+        assert!(!authority, "the CA line names barm*, not [barman]:2222");
+        let (algorithms, authority) = known_algorithms("barman", 22, &[file]);
+        assert!(algorithms.is_empty());
+        assert!(authority);
+    }
+
+    #[test]
+    fn learning_with_hashknownhosts_writes_a_hashed_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kh");
+        let k = key(KEY_A);
+        learn("barman", 2222, &k, &file, true).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.starts_with("|1|") && !text.contains("barman"),
+            "{text}"
+        );
+        assert_eq!(verify("barman", 2222, &k, &[file]), HostKeyVerdict::Known);
     }
 }

@@ -353,19 +353,25 @@ fn user_certificate(st: &Stack) -> TestResult {
             work.join("user_ca.pub").display()
         )],
     )?;
-    let kh = PathBuf::from(st.get("KNOWN_HOSTS"));
+    // No `Host *` with the stack's own key here: the certificate alone must log in.
+    let host = |name: &str, certificate: &str| {
+        format!(
+            "Host {name}\n  HostName 127.0.0.1\n  Port {}\n  User barman\n  IdentityFile {}\n  \
+             {certificate}IdentitiesOnly yes\n  UserKnownHostsFile {}\n  \
+             GlobalKnownHostsFile /dev/null\n  BatchMode yes\n",
+            sshd.port,
+            key.display(),
+            st.get("KNOWN_HOSTS")
+        )
+    };
     let config = work.join("ssh_config");
+    let certificate = format!("CertificateFile {}\n  ", work.join("barman.crt").display());
     write(
         &config,
         &format!(
-            "Host barman\n  HostName 127.0.0.1\n  Port {}\n  IdentityFile {}\n  CertificateFile {}\n\
-             Host barman-nocert\n  HostName 127.0.0.1\n  Port {}\n  IdentityFile {}\n{}",
-            sshd.port,
-            key.display(),
-            work.join("barman.crt").display(),
-            sshd.port,
-            key.display(),
-            common(st, &kh)
+            "{}{}",
+            host("barman", &certificate),
+            host("barman-nocert", "")
         ),
     )?;
     fetch_is_identical(st, &config, "barman", &work)?;
