@@ -517,6 +517,67 @@ fn test_prints_the_target(st: &Stack) -> TestResult {
     Ok(())
 }
 
+/// An ssh-agent (`IdentityAgent SOCKET`) holding the stack's key: used when allowed; with
+/// `IdentitiesOnly yes` and an IdentityFile that is another key, not offered (as by OpenSSH),
+/// so the call is refused.
+fn identity_agent_and_identities_only(st: &Stack) -> TestResult {
+    let work = st.workdir("identity_agent")?;
+    let socket = work.join("agent.sock");
+    let agent = run(
+        Command::new("ssh-agent").arg("-a").arg(&socket).arg("-s"),
+        Duration::from_secs(30),
+    )?;
+    agent.expect_code(0)?;
+    let pid: i32 = String::from_utf8_lossy(&agent.stdout)
+        .split("SSH_AGENT_PID=")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| fail(format!("ssh-agent said {:?}", agent.stdout)))?;
+    let result = (|| {
+        run(
+            Command::new("ssh-add")
+                .arg(st.get("SSH_KEY"))
+                .env("SSH_AUTH_SOCK", &socket),
+            Duration::from_secs(30),
+        )?
+        .expect_code(0)?;
+        let other = work.join("id_other");
+        keygen(&["-t", "ed25519", "-N", "", "-f", &other.to_string_lossy()])?;
+        let host = |name: &str, only: &str| {
+            format!(
+                "Host {name}\n  HostName 127.0.0.1\n  Port {}\n  User barman\n  \
+                 IdentityAgent {}\n  IdentityFile {}\n  IdentitiesOnly {only}\n  \
+                 UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  BatchMode yes\n",
+                st.get("SSH_PORT"),
+                socket.display(),
+                other.display(),
+                st.get("KNOWN_HOSTS")
+            )
+        };
+        let config = work.join("ssh_config");
+        write(
+            &config,
+            &format!("{}{}", host("agent", "no"), host("only", "yes")),
+        )?;
+        fetch_is_identical(st, &config, "agent", &work)?;
+        let seg = st.list("WAL_SEGMENTS")[4].clone();
+        let out = run(&mut ours_f(st, &config, "only", &seg, &work), CALL_TIMEOUT)?;
+        expect_refused(&out, 2, &["Permission denied"])?;
+        if openssh(&config, "only")?.code == Some(0) {
+            return Err(fail(
+                "OpenSSH logged in with IdentitiesOnly: the trial proves nothing",
+            ));
+        }
+        Ok(())
+    })();
+    // SAFETY: kill(2) on the agent this trial started.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    result
+}
+
 pub(super) fn trials() -> Vec<(&'static str, fn(&Stack) -> TestResult)> {
     vec![
         (
@@ -550,6 +611,10 @@ pub(super) fn trials() -> Vec<(&'static str, fn(&Stack) -> TestResult)> {
         (
             "ssh_config::test_prints_the_resolved_target",
             test_prints_the_target,
+        ),
+        (
+            "ssh_config::identity_agent_and_identities_only",
+            identity_agent_and_identities_only,
         ),
     ]
 }
