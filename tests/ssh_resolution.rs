@@ -167,3 +167,29 @@ fn a_match_block_that_does_not_apply_does_not_weaken_host_keys() {
     assert!(barman.stats().commands.is_empty());
     assert!(!work.dest().exists());
 }
+
+/// A `Match exec` that never ends: OpenSSH would wait forever; a
+/// restore_command must not. Bounded, refused (3), nothing run.
+#[test]
+fn a_hanging_match_exec_does_not_hang_the_call() {
+    if !have_ssh() {
+        eprintln!("SKIPPED: no /usr/bin/ssh");
+        return;
+    }
+    let barman = server(spec(StoredCompression::Zstd, 2));
+    let work = Work::new();
+    let cfg = work.path().join("ssh_config");
+    fs::write(&cfg, "Match exec \"sleep 600\"\n  Port 1\n").unwrap();
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o600)).unwrap();
+    let call = Call::new(&barman, &work).set("-F", &cfg);
+    let started = std::time::Instant::now();
+    let out = run(&call.argv(&seg(0), &work.dest()), Path::new("/usr/bin/ssh"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    one_error_line(&out, &["did not resolve ssh_config"]);
+    assert_eq!(barman.stats().connections, 0);
+}

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::exit::Failure;
 
@@ -211,9 +212,9 @@ pub fn ssh_program() -> Option<PathBuf> {
         let path = PathBuf::from(path);
         return is_executable(&path).then_some(path);
     }
-    let on_path = std::env::var_os("PATH")
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("ssh")).collect())
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     on_path
         .into_iter()
         .chain(["/usr/bin/ssh", "/usr/local/bin/ssh", "/bin/ssh"].map(PathBuf::from))
@@ -226,6 +227,58 @@ fn is_executable(path: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// Runs `command` to its end within `limit`: its output, or `None` when it
+/// did not end in time. A `Match exec` in ssh_config may hang, and a
+/// restore_command must not: past the limit the process group (ssh and
+/// what it started) is killed.
+fn output_within(
+    command: &mut Command,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
+    let status = match waited.recv_timeout(limit) {
+        Ok(status) => status?,
+        Err(_) => {
+            // SAFETY: kill(2) on the process group made for this child.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            return Ok(None);
+        }
+    };
+    Ok(Some(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }))
+}
+
+/// What `ssh -G` is given at most: it reads files, and runs `Match exec`.
+pub const SSH_G_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs `ssh -vvv -G` for `query` (or with `-F /dev/null` for the
 /// defaults): the resolution and where it came from.
@@ -255,12 +308,21 @@ pub fn ssh_g(
     // `--` keeps a host starting with '-' a host name, never an option.
     command.arg("--").arg(&query.host);
     command.stdin(Stdio::null());
-    let output = command.output().map_err(|e| {
-        Failure::Local(format!(
-            "cannot run {} -G to read ssh_config: {e}",
-            program.display()
-        ))
-    })?;
+    let output = output_within(&mut command, SSH_G_LIMIT)
+        .map_err(|e| {
+            Failure::Local(format!(
+                "cannot run {} -G to read ssh_config: {e}",
+                program.display()
+            ))
+        })?
+        .ok_or_else(|| {
+            Failure::Local(format!(
+                "{} -G did not resolve ssh_config for {} within {} s (a Match exec that hangs?)",
+                program.display(),
+                query.host,
+                SSH_G_LIMIT.as_secs()
+            ))
+        })?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         // OpenSSH's own complaint (a bad directive, a bad owner) is the useful part.

@@ -204,7 +204,7 @@ pub fn verify_certificate(
     if cert.valid_principals().is_empty() {
         return Err("its certificate names no principal".into());
     }
-    if !cert.valid_principals().iter().any(|p| *p == host_only) {
+    if !cert.valid_principals().contains(&host_only) {
         return Err(format!(
             "its certificate does not name {host_only} among its principals ({})",
             cert.valid_principals().join(",")

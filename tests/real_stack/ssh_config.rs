@@ -578,7 +578,10 @@ fn identity_agent_and_identities_only(st: &Stack) -> TestResult {
     result
 }
 
-pub(super) fn trials() -> Vec<(&'static str, fn(&Stack) -> TestResult)> {
+/// A named trial.
+type Named = (&'static str, fn(&Stack) -> TestResult);
+
+pub(super) fn trials() -> Vec<Named> {
     vec![
         (
             "ssh_config::proxy_jump_to_a_host_only_the_jump_reaches",
