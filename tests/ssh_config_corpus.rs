@@ -245,6 +245,8 @@ fn ours(target: &SshTarget, field: &str) -> String {
         "addressfamily" => format!("{:?}", target.address_family).to_ascii_lowercase(),
         "bindaddress" => target.bind_address.clone().unwrap_or_default(),
         "hashknownhosts" => if target.hash_known_hosts { "yes" } else { "no" }.to_string(),
+        "requiredrsasize" => target.required_rsa_size.to_string(),
+        "casignaturealgorithms" => target.ca_signature_algorithms.join(","),
         other => panic!("unknown field {other}"),
     }
 }

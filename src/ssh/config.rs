@@ -388,6 +388,9 @@ pub const HONOURED: &[&str] = &[
     "macs",
     "proxyjump",
     "proxycommand",
+    // Set by RHEL's crypto-policies in the system file: honoured, not refused.
+    "requiredrsasize",
+    "casignaturealgorithms",
 ];
 
 /// Directives that cannot move the connection, the identity or the trust.
@@ -499,7 +502,6 @@ pub fn refusal(resolved: &Resolved, defaults: &Resolved, applied: &Applied) -> O
 /// OpenSSH's spelling of the directives a refusal names most.
 fn directive_name(key: &str) -> String {
     const NAMES: &[&str] = &[
-        "CASignatureAlgorithms",
         "CheckHostIP",
         "HostbasedAuthentication",
         "KnownHostsCommand",
@@ -508,7 +510,6 @@ fn directive_name(key: &str) -> String {
         "ProxyUseFdpass",
         "PubkeyAuthentication",
         "RemoteCommand",
-        "RequiredRSASize",
         "RevokedHostKeys",
         "SecurityKeyProvider",
         "VerifyHostKeyDNS",

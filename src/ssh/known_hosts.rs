@@ -153,6 +153,7 @@ pub fn verify_certificate(
     cert: &Certificate,
     files: &[PathBuf],
     now: u64,
+    ca_algorithms: &[String],
 ) -> Result<(), String> {
     let name = lookup_name(&host.to_ascii_lowercase(), port);
     let lines = lines(files);
@@ -182,6 +183,12 @@ pub fn verify_certificate(
             "it presented a host certificate and no @cert-authority line trusts its CA".into()
         });
     };
+    let signed_with = cert.signature().algorithm();
+    if !ca_algorithms.is_empty() && !ca_algorithms.iter().any(|a| a == signed_with.as_str()) {
+        return Err(format!(
+            "its certificate is signed with {signed_with}, not among CASignatureAlgorithms"
+        ));
+    }
     if cert.cert_type() != CertType::Host {
         return Err("its certificate is not a host certificate".into());
     }
@@ -428,7 +435,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("kh");
         std::fs::write(&file, lines).unwrap();
-        verify_certificate(host, 22, &cert(name), &[file], NOW)
+        verify_certificate(host, 22, &cert(name), &[file], NOW, &[])
     }
 
     #[test]
@@ -456,6 +463,21 @@ mod tests {
         // A plain line for the CA key is not a @cert-authority line.
         let plain = format!("* {}\n", fixture("ca.pub"));
         assert!(check_cert(&plain, "host-valid-cert.pub", "barman.example").is_err());
+        // CASignatureAlgorithms without the CA's algorithm (ed25519).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kh");
+        std::fs::write(&file, &ca).unwrap();
+        let only_rsa = ["rsa-sha2-512".to_string()];
+        let e = verify_certificate(
+            "barman.example",
+            22,
+            &cert("host-valid-cert.pub"),
+            &[file],
+            NOW,
+            &only_rsa,
+        )
+        .unwrap_err();
+        assert!(e.contains("CASignatureAlgorithms"), "{e}");
         // @revoked: the CA, or the certified key.
         for revoked in ["ca.pub", "host.pub"] {
             let lines = format!("{ca}@revoked * {}\n", fixture(revoked));

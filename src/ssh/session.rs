@@ -55,6 +55,10 @@ struct ClientHandler {
     seen: Arc<Mutex<Option<String>>>,
 }
 
+fn rsa_bits(key: &PublicKey) -> Option<u32> {
+    key.key_data().rsa().map(|rsa| rsa.key_size())
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -81,9 +85,25 @@ impl client::Handler for ClientHandler {
             ),
             _ => plain.fingerprint(Default::default()).to_string(),
         });
+        if let Some(bits) = rsa_bits(&plain) {
+            if bits < target.required_rsa_size {
+                *self.refusal.lock().unwrap() = Some(format!(
+                    "host key of {name}:{} is RSA of {bits} bits, below RequiredRSASize {}",
+                    target.port, target.required_rsa_size
+                ));
+                return Ok(false);
+            }
+        }
         let mut certificate_problem = None;
         if let PublicKeyOrCertificate::Certificate(cert) = key {
-            match known_hosts::verify_certificate(name, target.port, cert, &files, unix_now()) {
+            match known_hosts::verify_certificate(
+                name,
+                target.port,
+                cert,
+                &files,
+                unix_now(),
+                &target.ca_signature_algorithms,
+            ) {
                 Ok(()) => return Ok(true),
                 // OpenSSH then tries the certified key as a plain key.
                 Err(why) => certificate_problem = Some(why),
@@ -735,6 +755,14 @@ async fn authenticate(
                 continue;
             }
         };
+        if let Some(bits) = rsa_bits(key.public_key()).filter(|&b| b < target.required_rsa_size) {
+            problems.push(format!(
+                "{} is RSA of {bits} bits, below RequiredRSASize {}",
+                path.display(),
+                target.required_rsa_size
+            ));
+            continue;
+        }
         for (cert_path, cert) in certificates
             .iter()
             .filter(|(_, c)| c.public_key() == key.public_key().key_data())

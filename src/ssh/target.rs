@@ -103,6 +103,11 @@ pub struct SshTarget {
     pub ciphers: Vec<String>,
     pub kex_algorithms: Vec<String>,
     pub macs: Vec<String>,
+    /// `RequiredRSASize`: smaller RSA host keys are refused, smaller RSA
+    /// identities not offered.
+    pub required_rsa_size: u32,
+    /// `CASignatureAlgorithms`: how a host certificate's CA may sign.
+    pub ca_signature_algorithms: Vec<String>,
     pub address_family: AddressFamily,
     pub bind_address: Option<String>,
     pub connect_timeout: Duration,
@@ -530,6 +535,11 @@ pub fn map(
         ciphers: list(r.first("ciphers")),
         kex_algorithms: list(r.first("kexalgorithms")),
         macs: list(r.first("macs")),
+        required_rsa_size: match r.first("requiredrsasize") {
+            None => 1024,
+            Some(raw) => raw.parse().map_err(|_| bad("RequiredRSASize", raw))?,
+        },
+        ca_signature_algorithms: list(r.first("casignaturealgorithms")),
         address_family,
         bind_address: r.first("bindaddress").map(str::to_string),
         connect_timeout,

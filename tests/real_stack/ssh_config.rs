@@ -252,7 +252,27 @@ fn known_only_by(st: &Stack, kind: &str) -> TestResult {
             common(st, &kh)
         ),
     )?;
-    fetch_is_identical(st, &config, "barman", &work)
+    fetch_is_identical(st, &config, "barman", &work)?;
+    if kind == "rsa" {
+        // The RSA host key has 3072 bits: a RequiredRSASize above refuses it, as OpenSSH does.
+        let strict = work.join("ssh_config-4096");
+        write(
+            &strict,
+            &format!("RequiredRSASize 4096\n{}", read(&config)?),
+        )?;
+        let seg = st.list("WAL_SEGMENTS")[4].clone();
+        let out = run(
+            &mut ours_f(st, &strict, "barman", &seg, &work),
+            CALL_TIMEOUT,
+        )?;
+        expect_refused(&out, 2, &["below RequiredRSASize 4096"])?;
+        if openssh(&strict, "barman")?.code == Some(0) {
+            return Err(fail(
+                "OpenSSH accepted the 3072-bit host key with RequiredRSASize 4096",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `@cert-authority` in known_hosts and an sshd presenting a host certificate: trusted while
