@@ -309,6 +309,11 @@ async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outco
     let session =
         Session::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS, args.verbose)
             .await?;
+    // What we resolved and whom we reached, on stderr: stdout stays Barman's answer.
+    eprint!(
+        "{}",
+        session.target().describe(session.host_key_fingerprint())
+    );
     let result = session.run(&server.test(&args.wal_name)).await;
     session.close().await;
     let (stdout, exit) = result.map_err(|e| match e {

@@ -844,7 +844,27 @@ fn test_mode_checks_connection_and_configuration() {
         out.stdout,
         "Ready to retrieve WAL files from the server angus\n"
     );
-    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    // stderr: the resolved target, by `ssh -G`'s names, and the key the server proved it holds.
+    let key_text = barman.known_hosts_line();
+    let key_text = key_text.split_once(' ').unwrap().1;
+    let fingerprint = russh::keys::PublicKey::from_openssh(key_text)
+        .unwrap()
+        .fingerprint(Default::default())
+        .to_string();
+    for want in [
+        "hostname 127.0.0.1".to_string(),
+        format!("port {}", barman.port()),
+        "user barman".into(),
+        "proxy direct".into(),
+        format!("server host key {fingerprint}"),
+    ] {
+        assert!(
+            out.stderr.contains(&want),
+            "no '{want}' in:\n{}",
+            out.stderr
+        );
+    }
+    assert!(!out.stderr.contains("ERROR"), "{}", out.stderr);
     assert_eq!(
         barman.stats().commands,
         ["barman get-wal --test 'angus' 'DUMMY'"]

@@ -43,6 +43,9 @@ const DEST: &str = "pg_wal/RECOVERYXLOG";
 
 type TestResult = Result<(), Failed>;
 
+#[path = "real_stack/ssh_config.rs"]
+mod ssh_config_trials;
+
 fn fail(msg: impl Into<String>) -> Failed {
     msg.into().into()
 }
@@ -3225,6 +3228,9 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         }),
     );
 
+    for (name, trial) in ssh_config_trials::trials() {
+        add(name.into(), Box::new(trial));
+    }
     v
 }
 

@@ -1,7 +1,10 @@
-//! The SSH side: resolving the target from flags and ssh_config
-//! ([`target`]), checking host keys ([`known_hosts`]), and the one russh
-//! session a call uses, with its exec channels ([`session`]).
+//! The SSH side: ssh_config as OpenSSH resolves it (`ssh -G`, and what we
+//! refuse: [`config`]), the target from flags over it ([`target`]), host
+//! keys and certificates ([`known_hosts`]), and the one russh session a call
+//! uses, through its ProxyJump hops or ProxyCommand, with its exec channels
+//! ([`session`]).
 
+pub mod config;
 pub mod known_hosts;
 pub mod session;
 pub mod target;

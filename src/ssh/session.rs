@@ -6,18 +6,26 @@
 //! lost and sshd frees their `MaxSessions` slot.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use russh::client::{self, Handle};
-use russh::keys::{load_secret_key, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::ssh_key::{Algorithm, Certificate};
+use russh::keys::{load_secret_key, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Preferred};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::known_hosts::{self, HostKeyVerdict};
-use super::target::{HostKeyPolicy, SshTarget};
+use super::target::{AddressFamily, Agent, HostKeyPolicy, Proxy, SshTarget};
 use crate::exit::Failure;
 use crate::remote::RemoteExit;
 
@@ -43,6 +51,19 @@ struct ClientHandler {
     target: Arc<SshTarget>,
     /// Why the host key was refused, for the error message.
     refusal: Arc<Mutex<Option<String>>>,
+    /// The fingerprint of the key the server proved it holds (for `--test`).
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+fn rsa_bits(key: &PublicKey) -> Option<u32> {
+    key.key_data().rsa().map(|rsa| rsa.key_size())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl client::Handler for ClientHandler {
@@ -53,46 +74,80 @@ impl client::Handler for ClientHandler {
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let target = &self.target;
-        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            *self.refusal.lock().unwrap() = Some(format!(
-                "{} presented a host certificate; only plain host keys in known_hosts are supported",
-                target.host_name
-            ));
-            return Ok(false);
-        };
+        let name = target.host_key_name();
+        let files = target.known_hosts_files();
+        let plain = key.public_key();
+        *self.seen.lock().unwrap() = Some(match key {
+            PublicKeyOrCertificate::Certificate(cert) => format!(
+                "{} (certificate signed by {})",
+                plain.fingerprint(Default::default()),
+                cert.signature_key().fingerprint(Default::default())
+            ),
+            _ => plain.fingerprint(Default::default()).to_string(),
+        });
+        if let Some(bits) = rsa_bits(&plain) {
+            if bits < target.required_rsa_size {
+                *self.refusal.lock().unwrap() = Some(format!(
+                    "host key of {name}:{} is RSA of {bits} bits, below RequiredRSASize {}",
+                    target.port, target.required_rsa_size
+                ));
+                return Ok(false);
+            }
+        }
+        let mut certificate_problem = None;
+        if let PublicKeyOrCertificate::Certificate(cert) = key {
+            match known_hosts::verify_certificate(
+                name,
+                target.port,
+                cert,
+                &files,
+                unix_now(),
+                &target.ca_signature_algorithms,
+            ) {
+                Ok(()) => return Ok(true),
+                // OpenSSH then tries the certified key as a plain key.
+                Err(why) => certificate_problem = Some(why),
+            }
+        }
         let scan = format!(
             "ssh-keyscan -p {} {} >> ~/.ssh/known_hosts",
             target.port, target.host_name
         );
-        let refusal = match known_hosts::verify(&target.host_name, target.port, key, &target.known_hosts) {
-            HostKeyVerdict::Known => return Ok(true),
-            HostKeyVerdict::Unknown => match target.host_key_policy {
-                HostKeyPolicy::AcceptAny => return Ok(true),
-                HostKeyPolicy::AcceptNew => {
-                    if let Some(file) = target.known_hosts.first() {
+        let verdict = known_hosts::verify(name, target.port, &plain, &files);
+        let refusal = match (verdict, certificate_problem) {
+            (HostKeyVerdict::Known, _) => return Ok(true),
+            (HostKeyVerdict::Unknown, Some(why)) => {
+                format!("host key of {name}:{} is not trusted: {why}", target.port)
+            }
+            (HostKeyVerdict::Unknown, None) => match target.host_key_policy {
+                HostKeyPolicy::AcceptAny | HostKeyPolicy::AcceptNew => {
+                    if let Some(file) = target.user_known_hosts.first() {
                         // Best effort, as OpenSSH: failing to record does not fail the call.
-                        let _ = known_hosts::learn(&target.host_name, target.port, key, file);
+                        let _ = known_hosts::learn(
+                            name,
+                            target.port,
+                            &plain,
+                            file,
+                            target.hash_known_hosts,
+                        );
                     }
                     return Ok(true);
                 }
                 HostKeyPolicy::Strict => format!(
-                    "host key of {}:{} is not known ({}); after checking its fingerprint, add it: {scan}",
-                    target.host_name,
+                    "host key of {name}:{} is not known ({}); after checking its fingerprint, add it: {scan}",
                     target.port,
-                    key.fingerprint(Default::default())
+                    plain.fingerprint(Default::default())
                 ),
             },
-            HostKeyVerdict::Changed { file, line } => format!(
-                "HOST KEY OF {}:{} HAS CHANGED (now {}; {}:{line} has another): possible \
+            (HostKeyVerdict::Changed { file, line }, _) => format!(
+                "HOST KEY OF {name}:{} HAS CHANGED (now {}; {}:{line} has another): possible \
                  man-in-the-middle; if the change is expected, remove that line and run: {scan}",
-                target.host_name,
                 target.port,
-                key.fingerprint(Default::default()),
+                plain.fingerprint(Default::default()),
                 file.display()
             ),
-            HostKeyVerdict::Revoked { file, line } => format!(
-                "host key of {}:{} is marked @revoked in {}:{line}",
-                target.host_name,
+            (HostKeyVerdict::Revoked { file, line }, _) => format!(
+                "host key of {name}:{} is marked @revoked in {}:{line}",
                 target.port,
                 file.display()
             ),
@@ -107,7 +162,24 @@ pub struct Session {
     handle: Handle<ClientHandler>,
     target: Arc<SshTarget>,
     stats: Arc<SessionStats>,
+    /// The fingerprint of the host key the server proved it holds.
+    host_key: String,
+    /// What carries the transport and must live as long as it: the
+    /// ProxyJump hops' sessions, the ProxyCommand process.
+    _carriers: Vec<Carrier>,
 }
+
+/// Something a transport depends on: held, never read; dropping it ends
+/// the hop's session or kills the ProxyCommand.
+#[allow(dead_code)]
+enum Carrier {
+    Hop(Box<Session>),
+    Command(tokio::process::Child),
+}
+
+/// A byte stream the SSH protocol runs over.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
 /// Why a channel could not be opened.
 #[derive(Debug)]
@@ -119,18 +191,147 @@ pub enum OpenError {
     Failed(Failure),
 }
 
-fn client_config(target: &SshTarget) -> client::Config {
-    client::Config {
-        // AES-GCM first: with AES-NI it is several times faster than russh's
-        // default chacha20-poly1305 (russh-notes.md).
+/// Our preference among `offered` (speed first: AES-GCM with AES-NI is
+/// several times faster than chacha20-poly1305, russh-notes.md), kept to
+/// what ssh_config allows when it names a list.
+fn allowed<N: Copy + AsRef<str>>(ours: &[N], config: &[String]) -> Vec<N> {
+    ours.iter()
+        .copied()
+        .filter(|n| config.is_empty() || config.iter().any(|c| c == n.as_ref()))
+        .collect()
+}
+
+/// russh's plain host key algorithm for an OpenSSH name, if it has one.
+fn host_key_algorithm(name: &str) -> Option<Algorithm> {
+    use russh::keys::ssh_key::{EcdsaCurve, HashAlg};
+    Some(match name {
+        "ssh-ed25519" => Algorithm::Ed25519,
+        "ecdsa-sha2-nistp256" => Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP256,
+        },
+        "ecdsa-sha2-nistp384" => Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP384,
+        },
+        "ecdsa-sha2-nistp521" => Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP521,
+        },
+        "rsa-sha2-512" => Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        },
+        "rsa-sha2-256" => Algorithm::Rsa {
+            hash: Some(HashAlg::Sha256),
+        },
+        "ssh-rsa" => Algorithm::Rsa { hash: None },
+        _ => return None,
+    })
+}
+
+fn same_family(a: &Algorithm, b: &Algorithm) -> bool {
+    a == b || (matches!(a, Algorithm::Rsa { .. }) && matches!(b, Algorithm::Rsa { .. }))
+}
+
+/// The host key algorithms to offer, as OpenSSH orders them: those
+/// known_hosts holds a key of for this host first (so a host known only by
+/// its ECDSA or RSA key is asked for that key), then the rest of
+/// `HostKeyAlgorithms`; certificates only when a `@cert-authority` line
+/// names the host.
+fn host_key_preference(target: &SshTarget) -> (Vec<Algorithm>, Vec<Algorithm>) {
+    let names: Vec<String> = if target.host_key_algorithms.is_empty() {
+        Preferred::DEFAULT
+            .key
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    } else {
+        target.host_key_algorithms.clone()
+    };
+    let plain: Vec<Algorithm> = names.iter().filter_map(|n| host_key_algorithm(n)).collect();
+    let (known, has_authority) = known_hosts::known_algorithms(
+        target.host_key_name(),
+        target.port,
+        &target.known_hosts_files(),
+    );
+    let (mut first, rest): (Vec<Algorithm>, Vec<Algorithm>) = plain
+        .into_iter()
+        .partition(|a| known.iter().any(|k| same_family(a, k)));
+    first.extend(rest);
+    let certificates = if has_authority {
+        names
+            .iter()
+            .filter_map(|n| n.strip_suffix("-cert-v01@openssh.com"))
+            .filter_map(|n| match n {
+                // OpenSSH names RSA certificates by their signature hash.
+                "rsa-sha2-512" | "rsa-sha2-256" | "ssh-rsa" => host_key_algorithm(n),
+                other => host_key_algorithm(other),
+            })
+            .fold(Vec::new(), |mut acc, a| {
+                if !acc.contains(&a) {
+                    acc.push(a);
+                }
+                acc
+            })
+    } else {
+        Vec::new()
+    };
+    (first, certificates)
+}
+
+fn client_config(target: &SshTarget) -> Result<client::Config, Failure> {
+    let ciphers = allowed(
+        &[
+            russh::cipher::AES_256_GCM,
+            russh::cipher::AES_128_GCM,
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_CTR,
+            russh::cipher::AES_192_CTR,
+            russh::cipher::AES_128_CTR,
+        ],
+        &target.ciphers,
+    );
+    // ext-info-c and kex-strict are protocol extensions, not algorithms.
+    let kex: Vec<russh::kex::Name> = Preferred::DEFAULT
+        .kex
+        .iter()
+        .copied()
+        .filter(|k| {
+            let name = k.as_ref();
+            name.starts_with("ext-info-")
+                || name.starts_with("kex-strict-")
+                || target.kex_algorithms.is_empty()
+                || target.kex_algorithms.iter().any(|c| c == name)
+        })
+        .collect();
+    let macs = allowed(&Preferred::DEFAULT.mac, &target.macs);
+    let (key, host_key_certificates) = host_key_preference(target);
+    let none_of = |what: &str, list: &[String]| {
+        Failure::Local(format!(
+            "ssh_config for {}: none of {what} {} is supported here",
+            target.alias,
+            list.join(",")
+        ))
+    };
+    if ciphers.is_empty() {
+        return Err(none_of("Ciphers", &target.ciphers));
+    }
+    if !kex
+        .iter()
+        .any(|k| !k.as_ref().starts_with("ext-info-") && !k.as_ref().starts_with("kex-strict-"))
+    {
+        return Err(none_of("KexAlgorithms", &target.kex_algorithms));
+    }
+    if macs.is_empty() {
+        return Err(none_of("MACs", &target.macs));
+    }
+    if key.is_empty() && host_key_certificates.is_empty() {
+        return Err(none_of("HostKeyAlgorithms", &target.host_key_algorithms));
+    }
+    Ok(client::Config {
         preferred: Preferred {
-            cipher: Cow::Borrowed(&[
-                russh::cipher::AES_256_GCM,
-                russh::cipher::AES_128_GCM,
-                russh::cipher::CHACHA20_POLY1305,
-                russh::cipher::AES_256_CTR,
-                russh::cipher::AES_128_CTR,
-            ]),
+            cipher: Cow::Owned(ciphers),
+            kex: Cow::Owned(kex),
+            mac: Cow::Owned(macs),
+            key: Cow::Owned(key),
+            host_key_certificates: Cow::Owned(host_key_certificates),
             ..Default::default()
         },
         // A large window keeps each channel streaming instead of waiting for
@@ -139,14 +340,15 @@ fn client_config(target: &SshTarget) -> client::Config {
         maximum_packet_size: 65535,
         channel_buffer_size: 16,
         keepalive_interval: target.server_alive_interval,
-        keepalive_max: 3,
+        keepalive_max: target.server_alive_count_max,
         nodelay: true,
         ..Default::default()
-    }
+    })
 }
 
 impl Session {
-    /// Connects and authenticates once, within the connect timeout.
+    /// Connects and authenticates once, within the connect timeout (which
+    /// covers every hop of a ProxyJump chain).
     pub async fn connect(
         target: Arc<SshTarget>,
         stats: Arc<SessionStats>,
@@ -191,38 +393,83 @@ impl Session {
         }
     }
 
-    async fn connect_inner(
+    /// The transport to `target` (TCP, a ProxyCommand's stdio, or a
+    /// channel through the hop before it), the SSH handshake with its host
+    /// key check, and authentication.
+    fn connect_inner(
         target: Arc<SshTarget>,
         stats: Arc<SessionStats>,
-    ) -> Result<Session, Failure> {
-        let where_ = target.display();
-        let stream = TcpStream::connect((target.host_name.as_str(), target.port))
-            .await
-            .map_err(|e| Failure::Connection(format!("cannot connect to {where_}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let refusal = Arc::new(Mutex::new(None));
-        let handler = ClientHandler {
-            target: target.clone(),
-            refusal: refusal.clone(),
-        };
-        let config = Arc::new(client_config(&target));
-        let mut handle = match client::connect_stream(config, stream, handler).await {
-            Ok(handle) => handle,
-            Err(e) => {
-                let refused = refusal.lock().unwrap().take();
-                return Err(match refused {
-                    Some(why) => Failure::Connection(why),
-                    None => Failure::Connection(format!("SSH handshake with {where_} failed: {e}")),
-                });
-            }
-        };
-        authenticate(&mut handle, &target).await?;
-        Ok(Session {
-            handle,
-            target,
-            stats,
+    ) -> Pin<Box<dyn Future<Output = Result<Session, Failure>> + Send>> {
+        Box::pin(async move {
+            let where_ = target.display();
+            let config = Arc::new(client_config(&target)?);
+            let mut carriers = Vec::new();
+            let transport: Box<dyn Transport> = match &target.proxy {
+                Proxy::Direct => Box::new(tcp_connect(&target).await?),
+                Proxy::Command(command) => {
+                    let (child, stream) = spawn_proxy_command(command, &where_)?;
+                    carriers.push(Carrier::Command(child));
+                    Box::new(stream)
+                }
+                Proxy::Jump(hop) => {
+                    let hop_session =
+                        Session::connect_inner(Arc::new((**hop).clone()), stats.clone()).await?;
+                    let channel = hop_session
+                        .handle
+                        .channel_open_direct_tcpip(
+                            target.host_name.clone(),
+                            target.port.into(),
+                            "127.0.0.1",
+                            0,
+                        )
+                        .await
+                        .map_err(|e| {
+                            Failure::Connection(format!(
+                                "jump host {} cannot reach {}:{}: {e}",
+                                hop.display(),
+                                target.host_name,
+                                target.port
+                            ))
+                        })?;
+                    carriers.push(Carrier::Hop(Box::new(hop_session)));
+                    Box::new(channel.into_stream())
+                }
+            };
+            stats.connections.fetch_add(1, Ordering::Relaxed);
+            let refusal = Arc::new(Mutex::new(None));
+            let seen = Arc::new(Mutex::new(None));
+            let handler = ClientHandler {
+                target: target.clone(),
+                refusal: refusal.clone(),
+                seen: seen.clone(),
+            };
+            let mut handle = match client::connect_stream(config, transport, handler).await {
+                Ok(handle) => handle,
+                Err(e) => {
+                    let refused = refusal.lock().unwrap().take();
+                    return Err(match refused {
+                        Some(why) => Failure::Connection(why),
+                        None => {
+                            Failure::Connection(format!("SSH handshake with {where_} failed: {e}"))
+                        }
+                    });
+                }
+            };
+            authenticate(&mut handle, &target).await?;
+            let host_key = seen.lock().unwrap().take().unwrap_or_default();
+            Ok(Session {
+                handle,
+                target,
+                stats,
+                host_key,
+                _carriers: carriers,
+            })
         })
+    }
+
+    /// The fingerprint of the host key the server proved it holds.
+    pub fn host_key_fingerprint(&self) -> &str {
+        &self.host_key
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -306,7 +553,132 @@ fn is_retryable(failure: &Failure) -> bool {
         && !message.contains("Permission denied")
 }
 
-/// Agent first, then identity files, as OpenSSH tries them.
+/// TCP to the host, honouring `AddressFamily` and `BindAddress`: each
+/// address of the host in turn, as OpenSSH tries them.
+async fn tcp_connect(target: &SshTarget) -> Result<TcpStream, Failure> {
+    let where_ = target.display();
+    let failed =
+        |e: std::io::Error| Failure::Connection(format!("cannot connect to {where_}: {e}"));
+    let family_ok = |a: &SocketAddr| match target.address_family {
+        AddressFamily::Any => true,
+        AddressFamily::Inet => a.is_ipv4(),
+        AddressFamily::Inet6 => a.is_ipv6(),
+    };
+    let addresses: Vec<SocketAddr> =
+        tokio::net::lookup_host((target.host_name.as_str(), target.port))
+            .await
+            .map_err(failed)?
+            .filter(family_ok)
+            .collect();
+    let bind: Vec<IpAddr> = match &target.bind_address {
+        None => Vec::new(),
+        Some(name) => tokio::net::lookup_host((name.as_str(), 0))
+            .await
+            .map_err(|e| Failure::Local(format!("ssh_config BindAddress {name}: {e}")))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    let mut last = None;
+    for address in &addresses {
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(failed)?;
+        if target.bind_address.is_some() {
+            let Some(ip) = bind.iter().find(|ip| ip.is_ipv4() == address.is_ipv4()) else {
+                last = Some(std::io::Error::other(
+                    "BindAddress has no address of this family",
+                ));
+                continue;
+            };
+            socket.bind(SocketAddr::new(*ip, 0)).map_err(failed)?;
+        }
+        match socket.connect(*address).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(failed(last.unwrap_or_else(|| {
+        std::io::Error::other("no address of the family AddressFamily asks for")
+    })))
+}
+
+/// Starts a ProxyCommand as OpenSSH does (`exec` through the shell), its
+/// stdin and stdout the transport, its stderr ours.
+fn spawn_proxy_command(
+    command: &str,
+    where_: &str,
+) -> Result<(tokio::process::Child, impl Transport), Failure> {
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Failure::Connection(format!("cannot start ProxyCommand for {where_}: {e}")))?;
+    let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+        return Err(Failure::Connection(format!(
+            "ProxyCommand for {where_} has no stdio"
+        )));
+    };
+    Ok((child, tokio::io::join(stdout, stdin)))
+}
+
+/// The public key of an identity file: its `.pub`, else the private key
+/// when it opens without a passphrase.
+fn identity_public_key(path: &Path) -> Option<PublicKey> {
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    if let Ok(text) = std::fs::read_to_string(&pub_path) {
+        if let Ok(key) = PublicKey::from_openssh(text.trim()) {
+            return Some(key);
+        }
+    }
+    load_secret_key(path, None)
+        .ok()
+        .map(|k| k.public_key().clone())
+}
+
+/// The certificates to present: `CertificateFile`s, then
+/// `IDENTITY-cert.pub` beside each identity, as OpenSSH loads them.
+fn certificates(target: &SshTarget) -> Vec<(PathBuf, Certificate)> {
+    let beside = target.identities.iter().map(|id| {
+        let mut p = id.as_os_str().to_owned();
+        p.push("-cert.pub");
+        PathBuf::from(p)
+    });
+    target
+        .certificates
+        .iter()
+        .cloned()
+        .chain(beside)
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let cert = Certificate::from_openssh(text.trim()).ok()?;
+            Some((path, cert))
+        })
+        .collect()
+}
+
+async fn connect_agent(agent: &Agent) -> Option<AgentClient<tokio::net::UnixStream>> {
+    let socket = match agent {
+        Agent::None => return None,
+        Agent::FromEnv(var) => PathBuf::from(std::env::var_os(var)?),
+        Agent::Socket(path) => path.clone(),
+    };
+    AgentClient::connect_uds(socket).await.ok()
+}
+
+/// Agent keys, then identity files, each with its certificates first, as
+/// OpenSSH tries them; `IdentitiesOnly` keeps to the agent keys that are
+/// identity files.
 async fn authenticate(
     handle: &mut Handle<ClientHandler>,
     target: &SshTarget,
@@ -319,12 +691,41 @@ async fn authenticate(
         .flatten()
         .flatten();
     let mut tried: Vec<String> = Vec::new();
+    let certificates = certificates(target);
+    let identity_keys: Vec<PublicKey> = target
+        .identities
+        .iter()
+        .filter_map(|p| identity_public_key(p))
+        .collect();
 
     if !target.identities_explicit {
-        if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
+        if let Some(mut agent) = connect_agent(&target.agent).await {
             if let Ok(identities) = agent.request_identities().await {
+                let mut offered = false;
                 for identity in identities {
                     let key = identity.public_key().into_owned();
+                    if target.identities_only
+                        && !identity_keys.iter().any(|k| k.key_data() == key.key_data())
+                    {
+                        continue;
+                    }
+                    offered = true;
+                    for (_, cert) in certificates
+                        .iter()
+                        .filter(|(_, c)| c.public_key() == key.key_data())
+                    {
+                        let result = handle
+                            .authenticate_certificate_with(
+                                user.clone(),
+                                cert.clone(),
+                                rsa_hash,
+                                &mut agent,
+                            )
+                            .await;
+                        if matches!(result, Ok(r) if r.success()) {
+                            return Ok(());
+                        }
+                    }
                     let result = handle
                         .authenticate_publickey_with(user.clone(), key, rsa_hash, &mut agent)
                         .await;
@@ -332,7 +733,9 @@ async fn authenticate(
                         return Ok(());
                     }
                 }
-                tried.push("ssh-agent keys".to_string());
+                if offered {
+                    tried.push("ssh-agent keys".to_string());
+                }
             }
         }
     }
@@ -346,14 +749,41 @@ async fn authenticate(
             continue;
         }
         let key = match load_secret_key(path, None) {
-            Ok(key) => key,
+            Ok(key) => Arc::new(key),
             Err(e) => {
                 problems.push(format!("cannot use {}: {e}", path.display()));
                 continue;
             }
         };
+        if let Some(bits) = rsa_bits(key.public_key()).filter(|&b| b < target.required_rsa_size) {
+            problems.push(format!(
+                "{} is RSA of {bits} bits, below RequiredRSASize {}",
+                path.display(),
+                target.required_rsa_size
+            ));
+            continue;
+        }
+        for (cert_path, cert) in certificates
+            .iter()
+            .filter(|(_, c)| c.public_key() == key.public_key().key_data())
+        {
+            tried.push(cert_path.display().to_string());
+            match handle
+                .authenticate_openssh_cert(user.clone(), key.clone(), cert.clone())
+                .await
+            {
+                Ok(result) if result.success() => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Failure::Connection(format!(
+                        "authentication to {} failed: {e}",
+                        target.display()
+                    )));
+                }
+            }
+        }
         tried.push(path.display().to_string());
-        let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
+        let key = PrivateKeyWithHashAlg::new(key, rsa_hash);
         match handle.authenticate_publickey(user.clone(), key).await {
             Ok(result) if result.success() => return Ok(()),
             Ok(_) => {}
