@@ -280,10 +280,11 @@ fn real_target_for_relay(args: &BenchArgs, host: &str) -> Result<(SocketAddr, Ke
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| format!("cannot resolve {}:{}", ssh.host_name, ssh.port))?;
-    let lookup = if ssh.port == 22 {
-        ssh.host_name.clone()
-    } else {
-        format!("[{}]:{}", ssh.host_name, ssh.port)
+    // The name OpenSSH looks the host up by in known_hosts.
+    let lookup = match &ssh.host_key_alias {
+        Some(alias) => alias.clone(),
+        None if ssh.port == 22 => ssh.host_name.clone(),
+        None => format!("[{}]:{}", ssh.host_name, ssh.port),
     };
     let file = args
         .connection
