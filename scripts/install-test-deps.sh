@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the real-stack tests need on Debian 12, as root, non-interactively, and skips what is
-# already there: OpenSSH server, PostgreSQL 15, a Barman 3.19.x venv built from Debian's python3 at a
-# world-readable place (users barman and postgres run it), with Barman's compression modules.
+# already there: OpenSSH server, PostgreSQL 15, man, zsh and fish (the generated docs' tests), a Barman
+# 3.19.x venv built from Debian's python3 at a world-readable place (users barman and postgres run it),
+# with Barman's compression modules.
 #
 #   scripts/install-test-deps.sh          install / check
 #   BWR_BARMAN_VENV=/path ...             another venv location (default /opt/bwr-test/barman-venv)
@@ -32,6 +33,10 @@ command -v pg_config >/dev/null 2>&1 || want+=(libpq-dev)
 command -v gcc >/dev/null 2>&1 || want+=(gcc)
 command -v runuser >/dev/null 2>&1 || want+=(util-linux)
 command -v cmp >/dev/null 2>&1 || want+=(diffutils)
+# The generated man page and shell completions are checked in their programs (tests/generated_docs.rs).
+command -v man >/dev/null 2>&1 || want+=(man-db)
+command -v zsh >/dev/null 2>&1 || want+=(zsh)
+command -v fish >/dev/null 2>&1 || want+=(fish)
 
 if (( ${#want[@]} )); then
     log "apt-get install ${want[*]}"

@@ -86,11 +86,13 @@ fn standby_mode(conf: &str) -> bool {
 /// found" turns into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FailurePolicy {
-    /// Stop an archive recovery (status 255); elsewhere report
-    /// "not available" as usual.
+    // No double quotes in these three: they end up inside a double-quoted
+    // string of the fish completions, which clap_complete does not escape.
+    /// Stop an archive recovery (status 255); elsewhere report not
+    /// available (1..3) as usual.
     #[default]
     Auto,
-    /// Always report "not available" (1..3): the original's behaviour, which
+    /// Always report not available (1..3): the original's behaviour, which
     /// lets a PITR end early when Barman is unreachable.
     NotAvailable,
     /// Always stop recovery on such a failure.
