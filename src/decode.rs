@@ -250,20 +250,55 @@ impl Read for ChunkReader {
     }
 }
 
-/// Counts what the decoder pulled, so the compressed size is known after the
-/// decoder (which owns the reader) is done.
+/// What the decoder pulled from the compressed stream: its size, and its
+/// last bytes (where an lz4 frame keeps its end mark).
+#[derive(Debug, Default)]
+struct Pulled {
+    bytes: u64,
+    last: [u8; 8],
+}
+
+impl Pulled {
+    fn saw(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        let keep = data.len().min(self.last.len());
+        self.last.rotate_left(keep);
+        let end = self.last.len();
+        self.last[end - keep..].copy_from_slice(&data[data.len() - keep..]);
+    }
+}
+
+/// Records what the decoder pulled, readable after the decoder (which owns
+/// the reader) is done.
 struct Counting<R> {
     inner: R,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pulled: std::sync::Arc<std::sync::Mutex<Pulled>>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.pulled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .saw(&buf[..n]);
         Ok(n)
     }
+}
+
+/// lz4_flex's frame decoder takes an end of input right after a data block
+/// as the end of the frame: a transfer cut inside the frame's end mark (or
+/// its content checksum) would pass as complete. The frame descriptor's
+/// flag byte says whether a 4-byte content checksum follows the 4 zero
+/// bytes of the end mark.
+fn lz4_frame_ended(flags: u8, pulled: &Pulled) -> bool {
+    const CONTENT_CHECKSUM: u8 = 0x04;
+    let end_mark = if flags & CONTENT_CHECKSUM != 0 {
+        &pulled.last[..4]
+    } else {
+        &pulled.last[4..]
+    };
+    pulled.bytes >= 11 && end_mark == [0, 0, 0, 0]
 }
 
 /// Decodes one payload from `input` into `out`. Runs on a blocking thread.
@@ -297,10 +332,11 @@ pub fn decode_stream<R: Read + Send>(
         }
         None => return Err(DecodeError::UnknownFormat(prefix)),
     };
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lz4_flags = prefix.get(4).copied().unwrap_or(0);
+    let pulled = std::sync::Arc::new(std::sync::Mutex::new(Pulled::default()));
     let whole = Counting {
         inner: io::Cursor::new(prefix).chain(input),
-        count: count.clone(),
+        pulled: pulled.clone(),
     };
     let mut reader: Box<dyn Read + Send> =
         match format {
@@ -377,9 +413,16 @@ pub fn decode_stream<R: Read + Send>(
         });
     }
     drop(reader);
+    let pulled = std::mem::take(&mut *pulled.lock().unwrap_or_else(|e| e.into_inner()));
+    if format == Format::Lz4 && !lz4_frame_ended(lz4_flags, &pulled) {
+        return Err(DecodeError::Corrupt {
+            format,
+            detail: "the lz4 frame ends without its end mark (a truncated transfer?)".to_string(),
+        });
+    }
     Ok(Decoded {
         format,
-        bytes_in: count.load(std::sync::atomic::Ordering::Relaxed),
+        bytes_in: pulled.bytes,
         bytes_out,
         head,
         records: checker.map(|c| c.finish()),
@@ -469,6 +512,26 @@ mod tests {
             assert_eq!(decoded.format, format);
             assert_eq!(decoded.bytes_out, raw.len() as u64);
             assert!(bytes == raw, "{format:?} bytes differ");
+        }
+    }
+
+    #[test]
+    fn an_lz4_frame_cut_in_its_end_mark_or_checksum_is_refused() {
+        let raw = fake_segment(64 << 10);
+        let plain = compress(Format::Lz4, &raw);
+        let mut with_checksum = lz4_flex::frame::FrameEncoder::with_frame_info(
+            lz4_flex::frame::FrameInfo::new().content_checksum(true),
+            Vec::new(),
+        );
+        with_checksum.write_all(&raw).unwrap();
+        let with_checksum = with_checksum.finish().unwrap();
+        for (stored, trailer) in [(plain, 4), (with_checksum, 8)] {
+            let (whole, _) = run(&stored, WalKind::Segment);
+            assert!(whole.is_ok(), "{:?}", whole.err());
+            for cut in 1..=trailer {
+                let (result, _) = run(&stored[..stored.len() - cut], WalKind::Segment);
+                assert!(result.is_err(), "cut {cut} of a {trailer}-byte trailer passed");
+            }
         }
     }
 
