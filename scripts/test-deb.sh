@@ -51,19 +51,27 @@ cleanup() {
     if [[ -n $STACK && -f $STACK/stack.env ]]; then
         bash fixtures/real-stack/stack.sh down "$STACK" >/dev/null 2>&1 || true
     fi
-    if installed "$PKG" || [[ -n $(our_diversions) ]]; then
+    purge_ours
+    exit "$rc"
+}
+# Leaves the machine without our package and without our diversions even if our postrm failed to
+# remove them (barman-cli's files renamed back).
+purge_ours() {
+    if [[ -n $(dpkg-query -W -f='${db:Status-Status}' "$PKG" 2>/dev/null | grep -v not-installed) ]]; then
         log "cleanup: purging $PKG"
         dpkg -P "$PKG" >/dev/null 2>&1 || true
     fi
-    exit "$rc"
+    local line from to
+    while read -r line; do
+        from=$(awk '{print $3}' <<<"$line"); to=$(awk '{print $5}' <<<"$line")
+        log "cleanup: removing the diversion of $from left behind"
+        dpkg-divert --package "$PKG" --remove --rename --divert "$to" "$from" >/dev/null || true
+    done < <(our_diversions)
 }
 trap cleanup EXIT
 
 # A leftover of an interrupted run would make every check below meaningless.
-if installed "$PKG" || [[ -n $(our_diversions) ]]; then
-    log "a previous $PKG is installed: purging it first"
-    dpkg -P "$PKG" >/dev/null
-fi
+purge_ours
 
 # ---- 1. build
 log "building the package"
