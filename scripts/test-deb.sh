@@ -8,7 +8,8 @@
 #  2. installs Debian's barman-cli first (apt-get, without recommends) when it is installable;
 #  3. dpkg -i ours: /usr/bin/barman-wal-restore is ours ("Rust implementation" in --version),
 #     barman-cli's command and man page sit at their diverted *.barman-cli names, byte for byte
-#     what barman-cli shipped; reinstalling barman-cli (the upgrade path) and ours keeps that;
+#     what barman-cli shipped; man, bash, zsh and fish find our page and completions where they
+#     look by default; reinstalling barman-cli (the upgrade path) and ours keeps all that;
 #  4. a PITR on the real stack (fixtures/real-stack/stack.sh): a clone of the base backup
 #     recovers to the restore point through a restore_command as Barman writes it, naming the
 #     command without a path and only options the Python original has; the row count after
@@ -123,6 +124,24 @@ check_ours_installed() {
     fi
     bash -c 'source /usr/share/bash-completion/completions/barman-wal-restore && complete -p barman-wal-restore' \
         >/dev/null || die "$what: the bash completion does not register barman-wal-restore"
+    # zsh and fish find theirs where they look by default (no fpath or path of ours given)
+    local home; home=$(mktemp -d)
+    if command -v zsh >/dev/null; then
+        [[ $(HOME=$home zsh -fc 'autoload -Uz compinit && compinit -u -d "$HOME/.zcompdump" && print -r -- ${_comps[barman-wal-restore]}') \
+            == _barman-wal-restore ]] || die "$what: zsh's compinit does not find _barman-wal-restore"
+    fi
+    if command -v fish >/dev/null; then
+        [[ $(HOME=$home XDG_CONFIG_HOME=$home XDG_DATA_HOME=$home fish -c 'complete -C"barman-wal-restore --keep-c"') \
+            == --keep-compression* ]] || die "$what: fish does not complete barman-wal-restore --keep-c"
+    fi
+    rm -rf "$home"
+    if command -v man >/dev/null; then
+        [[ $(man -w barman-wal-restore) == "$MAN" ]] || die "$what: man -w barman-wal-restore is not $MAN"
+        if (( with_cli )); then
+            [[ $(man -w barman-wal-restore.barman-cli) == "$MAN_DIVERTED" ]] \
+                || die "$what: man -w barman-wal-restore.barman-cli is not $MAN_DIVERTED"
+        fi
+    fi
 }
 log "dpkg -i $(basename "$deb")"
 dpkg -i "$deb" >/dev/null || die "dpkg -i $deb failed"
