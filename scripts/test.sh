@@ -8,7 +8,10 @@
 #    Under CI (CI=true) a missing prerequisite is a failure; elsewhere the real-stack tests are
 #    skipped with a loud message.
 # 2. cargo test --all-targets (unit tests, integration tests, the real stack, benches in test mode).
-# 3. Fuzz smoke run (placeholder: see below).
+# 3. The Debian package, end to end (scripts/test-deb.sh: build, install beside Debian's barman-cli,
+#    PITR through the installed command, removal): with the real-stack prerequisites and dpkg; under CI
+#    anything else is a failure.
+# 4. Fuzz smoke run (placeholder: see below).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,7 +50,19 @@ log "cargo test --all-targets $*"
 cargo test --all-targets "$@"
 t1=$(date +%s)
 
-# ---- 3. fuzz smoke
+# ---- 3. Debian package
+if (( deps_ok )) && command -v dpkg-deb >/dev/null && command -v apt-get >/dev/null; then
+    log "Debian package: scripts/test-deb.sh"
+    bash scripts/test-deb.sh
+elif is_ci; then
+    log "ERROR: CI must test the Debian package (needs the real-stack prerequisites, root, dpkg and apt-get)"
+    exit 1
+else
+    log "WARNING: no real-stack prerequisites (not root?) or no dpkg/apt-get: the Debian package test (scripts/test-deb.sh) is skipped"
+fi
+t2=$(date +%s)
+
+# ---- 4. fuzz smoke
 # Placeholder for a short fuzz run of the decoders / parsers (e.g. `cargo fuzz run <target> --
 # -max_total_time=30` per target, once fuzz/ exists). Keep it bounded: the whole of this script
 # must stay under 15 minutes on 2 cores.
@@ -56,4 +71,4 @@ if [[ -d fuzz ]] && [[ -x scripts/fuzz-smoke.sh ]]; then
     bash scripts/fuzz-smoke.sh
 fi
 
-log "all tests passed in $(( $(date +%s) - t0 ))s (up to the end of cargo test: $(( t1 - t0 ))s)"
+log "all tests passed in $(( $(date +%s) - t0 ))s (up to the end of cargo test: $(( t1 - t0 ))s; Debian package: $(( t2 - t1 ))s)"
