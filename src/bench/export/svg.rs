@@ -254,3 +254,86 @@ fn draw_latencies(
         .draw()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::report::fixtures::{report, summary};
+    use crate::bench::runner::CallRecord;
+
+    fn call(seconds: f64, spool_hit: bool, status: i32) -> CallRecord {
+        CallRecord {
+            wal: "000000010000000000000001".to_string(),
+            status,
+            seconds,
+            spool_hit,
+            cpu_seconds: 0.0,
+            max_rss_kib: 0,
+            bytes: 0,
+            connections: None,
+            channels: None,
+            mismatch: false,
+            error: None,
+        }
+    }
+
+    /// Elements of `svg` named `tag` filled with `colour`.
+    fn count(svg: &roxmltree::Document, tag: &str, colour: RGBColor) -> usize {
+        let fill = format!("#{:02X}{:02X}{:02X}", colour.0, colour.1, colour.2);
+        svg.descendants()
+            .filter(|n| n.has_tag_name(tag) && n.attribute("fill") == Some(fill.as_str()))
+            .count()
+    }
+
+    fn texts(svg: &roxmltree::Document) -> Vec<String> {
+        svg.descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text())
+            .map(|t| t.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn each_call_is_a_point_hits_and_misses_apart_each_setting_a_bar() {
+        let mut p0 = summary("ours", 0, 4.0, 0);
+        p0.records = vec![call(1.0, false, 0), call(1.1, false, 0)];
+        p0.misses.count = 2;
+        p0.mib_per_second = 16.0;
+        let mut p8 = summary("ours", 8, 1.0, 1);
+        p8.records = vec![
+            call(0.9, false, 0),
+            call(0.003, true, 0),
+            call(0.004, true, 0),
+            call(0.002, false, 4),
+        ];
+        (p8.hits.count, p8.misses.count) = (2, 2);
+        p8.mib_per_second = 64.0;
+        let svg = render_svg(&report(vec![p0, p8])).unwrap();
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        // One marker per call, plus one in each panel's legend.
+        assert_eq!(count(&doc, "circle", HIT), 2 + 2);
+        assert_eq!(count(&doc, "polygon", MISS), 2 + 2 + 2);
+        let bars = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#4C72B0"))
+            .count();
+        assert_eq!(bars, 2);
+        let texts = texts(&doc);
+        for expected in [
+            "spool hit (0)",
+            "spool miss (2)",
+            "spool hit (2)",
+            "failed (1)",
+            "16.0",
+            "64.0",
+            "ours -p 8 keep on direct off async off: 64.0 MiB/s, 1.00 s",
+            "latency, ms (log scale)",
+            "MiB/s",
+        ] {
+            assert!(
+                texts.iter().any(|t| t == expected),
+                "{expected:?} in {texts:?}"
+            );
+        }
+    }
+}

@@ -217,7 +217,31 @@ pub(super) fn ratios(report: &BenchReport) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::fixtures::{report, summary};
+    use crate::bench::report::fixtures::{measured, report, summary};
+
+    /// Pinned when the table moved out of report.rs: its columns, widths
+    /// and ratio lines are what users' scripts and eyes are used to.
+    #[test]
+    fn the_table_keeps_its_columns() {
+        assert_eq!(
+            render_table(&measured()),
+            "\
+4 sequential restore_command calls from 000000010000000000000001 against the embedded Barman
+
+program   -p keep direct async  rtt   wall s waited s  seg/s   MiB/s  hit p50/95/max  miss p50/95/max conns chans  cpu s RSS MiB failed
+ours       0   on    off   off    0     4.00     4.00    1.0    16.0               -   1000/1000/1000     4     8   0.50    12.2      0
+ours       8   on    off   off    0     1.00     1.00    4.0    64.0           4/5/5      900/900/900     1     5   0.75    20.5      0
+compare    8   on    off   off    0     2.00     2.00    2.0    32.0               -      500/500/500     -     -   1.50    30.0      0
+
+ratios (same run, side by side):
+  -p 8 keep on direct off async off: ours is 2.00 times faster than compare (1.00 s vs 2.00 s)
+  ours -p 8 keep on direct off async off is 4.00 times faster than ours -p 0 keep on direct off async off
+
+Result: 4 sequential restore_command calls from the embedded Barman: ours with -p 8 took 1.00 s, 4.00 \
+times faster than with -p 0 (4.00 s); 2.00 times faster than compare at the same setting (2.00 s).
+"
+        );
+    }
 
     #[test]
     fn the_table_ends_with_one_line_naming_what_was_measured_and_the_ratio() {
