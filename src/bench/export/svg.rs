@@ -18,6 +18,7 @@ const WIDTH: u32 = 1000;
 const BARS_HEIGHT_BASE: u32 = 90;
 const BAR_HEIGHT: u32 = 30;
 const PANEL_HEIGHT: u32 = 280;
+const LEGEND_WIDTH: u32 = 160;
 
 const HIT: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const MISS: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
@@ -187,6 +188,8 @@ fn draw_latencies(
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(10)
+        // The legend's place: inside the plot it would hide calls.
+        .margin_right(LEGEND_WIDTH)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0..calls + 1, latency_range.log_scale())?;
@@ -217,41 +220,55 @@ fn draw_latencies(
         points().map(|(x, y, _)| (x, y)),
         BLACK.mix(0.15),
     ))?;
-    let hits = s.hits.count;
-    chart
-        .draw_series(
-            points()
-                .filter(|(_, _, r)| r.spool_hit)
-                .map(|(x, y, _)| Circle::new((x, y), 4, HIT.filled())),
-        )?
-        .label(format!("spool hit ({hits})"))
-        .legend(|(x, y)| Circle::new((x + 10, y), 4, HIT.filled()));
-    let misses = s.misses.count;
-    chart
-        .draw_series(
-            points()
-                .filter(|(_, _, r)| !r.spool_hit)
-                .map(|(x, y, _)| TriangleMarker::new((x, y), 5, MISS.filled())),
-        )?
-        .label(format!("spool miss ({misses})"))
-        .legend(|(x, y)| TriangleMarker::new((x + 10, y), 5, MISS.filled()));
+    chart.draw_series(
+        points()
+            .filter(|(_, _, r)| r.spool_hit)
+            .map(|(x, y, _)| Circle::new((x, y), 4, HIT.filled())),
+    )?;
+    chart.draw_series(
+        points()
+            .filter(|(_, _, r)| !r.spool_hit)
+            .map(|(x, y, _)| TriangleMarker::new((x, y), 5, MISS.filled())),
+    )?;
+    chart.draw_series(
+        points()
+            .filter(|(_, _, r)| r.status != 0)
+            .map(|(x, y, _)| Cross::new((x, y), 6, BLACK.stroke_width(2))),
+    )?;
+
+    // The legend in the panel's right margin, in pixels: plotters draws
+    // its own inside the plot, over the latest calls.
+    let (width, _) = area.dim_in_pixel();
+    let left = width as i32 - LEGEND_WIDTH as i32 + 15;
+    let mut entries = vec![
+        (format!("spool hit ({})", s.hits.count), 0),
+        (format!("spool miss ({})", s.misses.count), 1),
+    ];
     if s.failed > 0 {
-        chart
-            .draw_series(
-                points()
-                    .filter(|(_, _, r)| r.status != 0)
-                    .map(|(x, y, _)| Cross::new((x, y), 6, BLACK.stroke_width(2))),
-            )?
-            .label(format!("failed ({})", s.failed))
-            .legend(|(x, y)| Cross::new((x + 10, y), 6, BLACK.stroke_width(2)));
+        entries.push((format!("failed ({})", s.failed), 2));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font(("sans-serif", 13))
-        .draw()?;
+    let top = 45;
+    area.draw(&Rectangle::new(
+        [
+            (left - 8, top - 14),
+            (width as i32 - 8, top + 22 * entries.len() as i32 - 8),
+        ],
+        BLACK.mix(0.4),
+    ))?;
+    for (row, (text, marker)) in entries.into_iter().enumerate() {
+        let y = top + 22 * row as i32;
+        let at = (left + 6, y);
+        match marker {
+            0 => area.draw(&Circle::new(at, 4, HIT.filled()))?,
+            1 => area.draw(&TriangleMarker::new(at, 5, MISS.filled()))?,
+            _ => area.draw(&Cross::new(at, 6, BLACK.stroke_width(2)))?,
+        }
+        area.draw(&Text::new(
+            text,
+            (left + 20, y),
+            TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
+        ))?;
+    }
     Ok(())
 }
 
