@@ -92,18 +92,19 @@ fn draw_bars(
         .map(|s| s.mib_per_second)
         .fold(0f64, f64::max)
         .max(1e-3);
-    let mut title = format!(
-        "WAL delivered, MiB/s: {} from {}",
-        calls_word(report),
-        report.target
-    );
-    if report
-        .summaries
-        .first()
-        .is_some_and(|s| s.setting.clients > 1)
-    {
-        title.push_str(" (all clients)");
-    }
+    let clients = report.summaries.first().map_or(1, |s| s.setting.clients);
+    let title = if clients > 1 {
+        format!(
+            "WAL delivered, MiB/s of all clients: {} calls per setting by each of {clients} \
+             clients from {}",
+            report.count, report.target
+        )
+    } else {
+        format!(
+            "WAL delivered, MiB/s: {} calls per setting from {}",
+            report.count, report.target
+        )
+    };
     // The first row on top, as in the table.
     let top_down = |i: usize| n - 1 - i;
     let mut chart = ChartBuilder::on(area)
@@ -161,10 +162,6 @@ fn draw_bars(
         )
     }))?;
     Ok(())
-}
-
-fn calls_word(report: &BenchReport) -> String {
-    format!("{} calls per setting", report.count)
 }
 
 fn draw_latencies(
