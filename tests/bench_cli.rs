@@ -55,3 +55,83 @@ fn clients_each_run_the_whole_sequence_against_the_one_barman() {
     // -p 0: one connection per call, counted by the embedded server.
     assert_eq!(row["connections"], 6, "{row}");
 }
+
+/// `--plot` and `--format csv` together: the SVG has every call as a
+/// point, hits and misses in their own series, and stdout is CSV a
+/// program can read, one row per setting.
+#[test]
+fn the_plot_draws_every_call_and_csv_goes_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("X.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_barman-wal-bench"))
+        .args(["--embedded", "--count", "4", "-p", "0,2"])
+        .args(["--segment-mib", "1", "--command-latency-ms", "5"])
+        .arg("--plot")
+        .arg(&plot)
+        .args(["--format", "csv"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    let mut csv = csv::Reader::from_reader(stdout.as_bytes());
+    let header = csv.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    let settings: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                &r[column("program")],
+                &r[column("parallel")],
+                &r[column("calls")],
+            )
+        })
+        .collect();
+    assert_eq!(settings, [("ours", "0", "4"), ("ours", "2", "4")]);
+    for r in &rows {
+        assert_eq!(&r[column("failed")], "0", "{stdout}");
+        let mib: f64 = r[column("mib_per_second")].parse().unwrap();
+        assert!(mib > 0.0, "{stdout}");
+    }
+
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    // A panel per setting, each with a legend counting its hits and misses.
+    let counted = |prefix: &str| -> Vec<usize> {
+        texts
+            .iter()
+            .filter_map(|t| t.strip_prefix(prefix)?.strip_suffix(')')?.parse().ok())
+            .collect()
+    };
+    let (hits, misses) = (counted("spool hit ("), counted("spool miss ("));
+    assert_eq!((hits.len(), misses.len()), (2, 2), "{texts:?}");
+    // -p 0 prefetches nothing: every call is a miss.
+    assert_eq!((hits[0], misses[0]), (0, 4), "{texts:?}");
+    assert_eq!(hits[1] + misses[1], 4, "{texts:?}");
+    // One marker per call (circles for hits, triangles for misses), plus
+    // one of each in each panel's legend.
+    let markers = |tag: &str| doc.descendants().filter(|n| n.has_tag_name(tag)).count();
+    assert_eq!(markers("circle"), hits[0] + hits[1] + 2);
+    assert_eq!(markers("polygon"), misses[0] + misses[1] + 2);
+    for setting in ["ours -p 0 keep on", "ours -p 2 keep on"] {
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with(setting) && t.contains("MiB/s")),
+            "{setting} in {texts:?}"
+        );
+    }
+}

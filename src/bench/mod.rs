@@ -3,7 +3,9 @@
 //!
 //! - [`options`]: the command line.
 //! - [`runner`]: measurement, one process per call, digests checked.
-//! - [`report`]: summaries, the table and JSON.
+//! - [`report`]: the results as data, a summary per program and setting.
+//! - [`export`]: the results rendered: table, markdown, CSV (stdout,
+//!   `--format`), SVG (`--plot`); JSON is the report through serde.
 //! - [`relay`]: `--rtt` and `--bandwidth`, a shaped relay standing in for a
 //!   WAN between the standby and the Barman host.
 //!
@@ -11,6 +13,7 @@
 //! setting) so a noisy machine affects both alike, and ratios come from one
 //! run.
 
+pub mod export;
 pub mod options;
 pub mod relay;
 pub mod report;
@@ -437,10 +440,13 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
         count: names.len(),
         summaries,
     };
-    print!("{}", report::render_table(&report));
+    print!("{}", export::render(&report, args.format)?);
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, json).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        export::svg::write_plot(&report, path)?;
     }
     let bad = report
         .summaries

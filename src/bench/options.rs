@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use super::export::Format;
 use crate::cli::ConnectionArgs;
 use crate::embedded_barman::StoredCompression;
 
@@ -80,6 +81,17 @@ pub struct BenchArgs {
     /// Write the results as JSON to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+
+    /// What to print on stdout: the aligned table, a GitHub markdown table
+    /// (both with the ratios and the Result line), or CSV (one row per
+    /// setting, no ratios)
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Draw an SVG to FILE: MiB/s per setting, and each call's latency in
+    /// call order, spool hits and misses apart
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 
     /// Where fresh spools and destinations are made [default: the system
     /// temp directory; put it on the filesystem of pg_wal to be realistic]

@@ -1,5 +1,5 @@
-//! Results as data first (a summary per program and setting), rendered
-//! second: a table for people, JSON for machines.
+//! Results as data: a summary per program and setting, with the labels
+//! every format shows. The formats themselves are in [`super::export`].
 
 use serde::Serialize;
 
@@ -45,7 +45,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut seconds: Vec<f64>) -> Latency {
+    pub(crate) fn of(mut seconds: Vec<f64>) -> Latency {
         if seconds.is_empty() {
             return Latency::default();
         }
@@ -59,7 +59,7 @@ impl Latency {
         }
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         if self.count == 0 {
             "-".to_string()
         } else {
@@ -149,12 +149,8 @@ pub struct BenchReport {
     pub summaries: Vec<Summary>,
 }
 
-fn opt(v: Option<u64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
-}
-
-/// The table, one row per program and setting, then the ratios.
-fn on_off(b: bool) -> &'static str {
+/// A flag as the table shows it.
+pub(crate) fn on_off(b: bool) -> &'static str {
     if b {
         "on"
     } else {
@@ -163,7 +159,8 @@ fn on_off(b: bool) -> &'static str {
 }
 
 impl Summary {
-    fn setting(&self) -> String {
+    /// The setting in words, for ratios and plot titles.
+    pub(crate) fn setting(&self) -> String {
         format!(
             "-p {} keep {} direct {} async {}{}",
             self.setting.parallel,
@@ -183,7 +180,7 @@ impl Summary {
 
     /// The setting as the flags a user would type (`--keep-compression`
     /// is our default, so only its absence is spelled out).
-    fn flags(&self) -> String {
+    pub(crate) fn flags(&self) -> String {
         let s = &self.setting;
         let mut flags = format!("-p {}", s.parallel);
         for (on, flag) in [
@@ -199,203 +196,6 @@ impl Summary {
     }
 }
 
-/// The table, one row per program and setting, then the ratios.
-pub fn render_table(report: &BenchReport) -> String {
-    let mut out = format!(
-        "{} from {} against {}\n\n",
-        calls_measured(report),
-        report.first_wal,
-        report.target
-    );
-    if report
-        .summaries
-        .first()
-        .is_some_and(|s| s.setting.clients > 1)
-    {
-        out.insert_str(out.len() - 2, " (seg/s and MiB/s: all clients)");
-    }
-    let with_barman_cpu = report
-        .summaries
-        .iter()
-        .any(|s| s.barman_cpu_seconds.is_some());
-    out.push_str(&format!(
-        "{:<8} {:>3} {:>4} {:>6} {:>5} {:>4} {:>8} {:>8} {:>6} {:>7} {:>15} {:>16} {:>5} {:>5} {:>6} {:>7} {:>6}\n",
-        "program",
-        "-p",
-        "keep",
-        "direct",
-        "async",
-        "rtt",
-        "wall s",
-        "waited s",
-        "seg/s",
-        "MiB/s",
-        "hit p50/95/max",
-        "miss p50/95/max",
-        "conns",
-        "chans",
-        "cpu s",
-        "RSS MiB",
-        "failed"
-    ));
-    if with_barman_cpu {
-        out.insert_str(out.len() - 1, "  barman cpu ms/seg");
-    }
-    for s in &report.summaries {
-        out.push_str(&format!(
-            "{:<8} {:>3} {:>4} {:>6} {:>5} {:>4} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>15} {:>16} {:>5} {:>5} {:>6.2} {:>7.1} {:>6}\n",
-            s.program,
-            s.setting.parallel,
-            on_off(s.setting.keep_compression),
-            on_off(s.setting.direct_read),
-            on_off(s.setting.async_mode),
-            s.setting.rtt_ms,
-            s.wall_seconds,
-            s.waited_seconds,
-            s.segments_per_second,
-            s.mib_per_second,
-            s.hits.render(),
-            s.misses.render(),
-            opt(s.connections),
-            opt(s.channels),
-            s.cpu_seconds,
-            s.peak_rss_mib,
-            if s.mismatched > 0 {
-                format!("{}+{}!", s.failed, s.mismatched)
-            } else {
-                s.failed.to_string()
-            }
-        ));
-        if let Some(cpu) = s.barman_cpu_seconds {
-            let delivered = (s.calls - s.failed).max(1) as f64;
-            out.insert_str(
-                out.len() - 1,
-                &format!(" {:>18.0}", cpu * 1000.0 / delivered),
-            );
-        }
-    }
-    let ours: Vec<&Summary> = report
-        .summaries
-        .iter()
-        .filter(|s| s.program == "ours")
-        .collect();
-    let mut ratios = String::new();
-    for o in &ours {
-        for other in report.summaries.iter().filter(|s| {
-            s.program != "ours"
-                && s.setting.parallel == o.setting.parallel
-                && s.setting.keep_compression == o.setting.keep_compression
-                && s.setting.rtt_ms == o.setting.rtt_ms
-        }) {
-            ratios.push_str(&format!(
-                "  {}: ours is {:.2} times faster than {} ({:.2} s vs {:.2} s)\n",
-                o.setting(),
-                other.wall_seconds / o.wall_seconds.max(1e-9),
-                other.program,
-                o.wall_seconds,
-                other.wall_seconds
-            ));
-        }
-    }
-    if let Some(base) = ours.first() {
-        for o in ours.iter().skip(1) {
-            ratios.push_str(&format!(
-                "  ours {} is {:.2} times faster than ours {}\n",
-                o.setting(),
-                base.wall_seconds / o.wall_seconds.max(1e-9),
-                base.setting()
-            ));
-        }
-    }
-    if !ratios.is_empty() {
-        out.push_str("\nratios (same run, side by side):\n");
-        out.push_str(&ratios);
-    }
-    let bad: usize = report
-        .summaries
-        .iter()
-        .map(|s| s.failed + s.mismatched)
-        .sum();
-    if bad > 0 {
-        out.push_str(&format!(
-            "\n{bad} call(s) failed or delivered different bytes; see --json for details\n"
-        ));
-    }
-    out.push('\n');
-    out.push_str(&verdict(report));
-    out.push('\n');
-    out
-}
-
-/// "N sequential restore_command calls", and by how many clients at once.
-fn calls_measured(report: &BenchReport) -> String {
-    let clients = report.summaries.first().map_or(1, |s| s.setting.clients);
-    let mut what = format!("{} sequential restore_command calls", report.count);
-    if clients > 1 {
-        what.push_str(&format!(" by each of {clients} clients at once"));
-    }
-    what
-}
-
-/// The one line a newcomer reads: what was measured, and the ratio of the
-/// fastest of our settings to the first one (and to the compared command,
-/// when there is one). Failed calls void the ratios: a fast failure is no
-/// result.
-pub fn verdict(report: &BenchReport) -> String {
-    let what = format!("{} from {}", calls_measured(report), report.target);
-    let bad: usize = report
-        .summaries
-        .iter()
-        .map(|s| s.failed + s.mismatched)
-        .sum();
-    if bad > 0 {
-        return format!(
-            "Result: {what}: {bad} call(s) failed or delivered wrong bytes, no ratio to report."
-        );
-    }
-    let ours: Vec<&Summary> = report
-        .summaries
-        .iter()
-        .filter(|s| s.program == "ours")
-        .collect();
-    let (Some(first), Some(best)) = (
-        ours.first(),
-        ours.iter()
-            .min_by(|a, b| a.wall_seconds.total_cmp(&b.wall_seconds)),
-    ) else {
-        return format!("Result: {what}: nothing was measured.");
-    };
-    let mut line = format!(
-        "Result: {what}: ours with {} took {:.2} s",
-        best.flags(),
-        best.wall_seconds
-    );
-    if !std::ptr::eq(*first, *best) {
-        line.push_str(&format!(
-            ", {:.2} times faster than with {} ({:.2} s)",
-            first.wall_seconds / best.wall_seconds.max(1e-9),
-            first.flags(),
-            first.wall_seconds
-        ));
-    }
-    let compared = report.summaries.iter().find(|s| {
-        s.program != "ours"
-            && s.setting.parallel == best.setting.parallel
-            && s.setting.keep_compression == best.setting.keep_compression
-            && s.setting.rtt_ms == best.setting.rtt_ms
-    });
-    if let Some(other) = compared {
-        line.push_str(&format!(
-            "; {:.2} times faster than {} at the same setting ({:.2} s)",
-            other.wall_seconds / best.wall_seconds.max(1e-9),
-            other.program,
-            other.wall_seconds
-        ));
-    }
-    line.push('.');
-    line
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,8 +206,14 @@ mod tests {
         assert_eq!((l.count, l.p50_ms, l.max_ms), (5, 3.0, 5.0));
         assert_eq!(Latency::of(vec![]).render(), "-");
     }
+}
 
-    fn summary(program: &str, parallel: usize, wall_seconds: f64, failed: usize) -> Summary {
+/// Small fixed reports for the exporters' tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    pub fn summary(program: &str, parallel: usize, wall_seconds: f64, failed: usize) -> Summary {
         Summary {
             program: program.to_string(),
             setting: Setting {
@@ -437,7 +243,7 @@ mod tests {
         }
     }
 
-    fn report(summaries: Vec<Summary>) -> BenchReport {
+    pub fn report(summaries: Vec<Summary>) -> BenchReport {
         BenchReport {
             target: "the embedded Barman".to_string(),
             first_wal: "000000010000000000000001".to_string(),
@@ -446,27 +252,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_table_ends_with_one_line_naming_what_was_measured_and_the_ratio() {
-        let r = report(vec![
-            summary("ours", 0, 9.0, 0),
-            summary("ours", 8, 3.0, 0),
-            summary("compare", 8, 12.0, 0),
-        ]);
-        let table = render_table(&r);
-        assert_eq!(
-            table.lines().last().unwrap(),
-            "Result: 32 sequential restore_command calls from the embedded Barman: ours with -p 8 took \
-             3.00 s, 3.00 times faster than with -p 0 (9.00 s); 4.00 times faster than compare \
-             at the same setting (12.00 s)."
-        );
-    }
-
-    #[test]
-    fn failed_calls_void_the_ratio() {
-        let r = report(vec![summary("ours", 0, 9.0, 0), summary("ours", 8, 0.1, 3)]);
-        let line = verdict(&r);
-        assert!(line.contains("3 call(s) failed"), "{line}");
-        assert!(!line.contains("times faster"), "{line}");
+    /// Two measured rows with every column filled: ours at -p 0 and -p 8
+    /// (hits and misses, counts from the server), and the compared
+    /// command at -p 8.
+    pub fn measured() -> BenchReport {
+        let mut p0 = summary("ours", 0, 4.0, 0);
+        p0.calls = 4;
+        p0.segments_per_second = 1.0;
+        p0.mib_per_second = 16.0;
+        p0.misses = Latency::of(vec![1.0, 1.0, 1.0, 1.0]);
+        (p0.connections, p0.channels) = (Some(4), Some(8));
+        (p0.cpu_seconds, p0.peak_rss_mib) = (0.5, 12.25);
+        let mut p8 = summary("ours", 8, 1.0, 0);
+        p8.calls = 4;
+        p8.segments_per_second = 4.0;
+        p8.mib_per_second = 64.0;
+        p8.hits = Latency::of(vec![0.003, 0.004, 0.005]);
+        p8.misses = Latency::of(vec![0.9]);
+        (p8.connections, p8.channels) = (Some(1), Some(5));
+        (p8.cpu_seconds, p8.peak_rss_mib) = (0.75, 20.5);
+        let mut compare = summary("compare", 8, 2.0, 0);
+        compare.calls = 4;
+        compare.segments_per_second = 2.0;
+        compare.mib_per_second = 32.0;
+        compare.misses = Latency::of(vec![0.5, 0.5, 0.5, 0.5]);
+        compare.cpu_seconds = 1.5;
+        compare.peak_rss_mib = 30.0;
+        let mut r = report(vec![p0, p8, compare]);
+        r.count = 4;
+        r
     }
 }
