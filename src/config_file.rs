@@ -181,8 +181,7 @@ pub fn resolve(
             e.exit()
         }
     };
-    let on_command_line =
-        |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
+    let on_command_line = |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
 
     let environment = from_environment(&loose, env)?;
     let file_path: Option<PathBuf> = if on_command_line("config_file") {
@@ -261,7 +260,12 @@ pub fn resolve(
                 effective.push(format!("--{long}").into());
             }
         } else {
-            effective.extend(setting.values.iter().map(|v| format!("--{long}={v}").into()));
+            effective.extend(
+                setting
+                    .values
+                    .iter()
+                    .map(|v| format!("--{long}={v}").into()),
+            );
         }
     }
     effective.extend(argv.iter().skip(1).cloned());
@@ -314,7 +318,10 @@ fn one_line(error: &clap::Error) -> String {
 fn check(loose: &Command, arg: &Arg, values: &[String]) -> Result<(), String> {
     let long = key_of(arg).unwrap_or_default();
     for value in values {
-        let probe = ["barman-wal-restore".to_string(), format!("--{long}={value}")];
+        let probe = [
+            "barman-wal-restore".to_string(),
+            format!("--{long}={value}"),
+        ];
         loose
             .clone()
             .try_get_matches_from(probe)
@@ -338,10 +345,7 @@ fn from_environment(
     let by_key = settings_by_key(loose);
     let mut found = BTreeMap::new();
     for (name, value) in env {
-        let Some(suffix) = name
-            .to_str()
-            .and_then(|name| name.strip_prefix(ENV_PREFIX))
-        else {
+        let Some(suffix) = name.to_str().and_then(|name| name.strip_prefix(ENV_PREFIX)) else {
             continue;
         };
         let var = format!("{ENV_PREFIX}{suffix}");
@@ -349,9 +353,7 @@ fn from_environment(
         let arg = by_key
             .get(&key)
             .filter(|_| suffix == suffix.to_ascii_uppercase())
-            .ok_or_else(|| {
-                ConfigError(format!("environment variable {var}: no such setting"))
-            })?;
+            .ok_or_else(|| ConfigError(format!("environment variable {var}: no such setting")))?;
         let value = value
             .to_str()
             .ok_or_else(|| ConfigError(format!("environment variable {var}: not UTF-8")))?
@@ -575,7 +577,10 @@ mod tests {
             panic!()
         };
         assert_eq!(args.parallel, 0);
-        assert_eq!(effective, os(&["--config-file", "none", "h", "s", "w", "d"])[1..]);
+        assert_eq!(
+            effective,
+            os(&["--config-file", "none", "h", "s", "w", "d"])[1..]
+        );
     }
 
     #[test]
