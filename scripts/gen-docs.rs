@@ -40,6 +40,9 @@ Interrupted by SIGINT or SIGTERM; temp files removed.
 Only with \-\-on\-failure: recovery deliberately stopped rather than ended early (an archive recovery whose failure is not Barman's confirmed "not found"). PostgreSQL stops with a FATAL error; starting it again resumes recovery.
 .SH FILES
 .TP
+\fI/etc/barman\-wal\-restore.conf\fR
+Settings (TOML), keys named like the long options (\fBparallel = 8\fR, \fBasync = true\fR, \fBspool\-dir = "/var/tmp/walrestore"\fR); \-\-config\-file names another, \fBnone\fR reads none. Under the environment and the command line. An unknown key, a bad value or a file writable by group or others is an error naming the file and line (status 2), before any connection. \-\-show\-config prints the effective settings and where each comes from.
+.TP
 \fI/var/tmp/walrestore\fR
 The default spool directory (\-\-spool\-dir): created 0700; refused if it is a symlink, owned by another user or writable by others. \fI.bwr\-owner\fR records whose spool it is; \fI.bwr\-worker.log\fR is the \-\-async worker's log.
 .TP
@@ -52,6 +55,9 @@ Host keys, as ssh_config's UserKnownHostsFile and GlobalKnownHostsFile name them
 \fIglobal/pg_control\fR (in the working directory)
 When restore_command runs in a data directory, every delivery is checked against its system identifier and WAL segment size.
 .SH ENVIRONMENT
+.TP
+\fBBARMAN_WAL_RESTORE_OPT_\fR\fIOPTION\fR
+One per option: the long option in capitals, \fB_\fR for \fB\-\fR (\fBBARMAN_WAL_RESTORE_OPT_PARALLEL=8\fR, \fBBARMAN_WAL_RESTORE_OPT_ASYNC=true\fR, \fBBARMAN_WAL_RESTORE_OPT_CONFIG_FILE=none\fR). Over the settings file, under the command line. A misspelt one is an error.
 .TP
 \fBSSH_AUTH_SOCK\fR
 The ssh\-agent, unless ssh_config's IdentityAgent names another.

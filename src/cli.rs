@@ -76,6 +76,10 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// Options that exclude each other (clap groups): a layer of settings that
+/// turns one on overrides the others of lower layers.
+pub const EXCLUSIVE_GROUPS: [&str; 1] = ["compression"];
+
 /// This script will be used as a 'restore_command' based on the get-wal
 /// feature of Barman. A ssh connection will be opened to the Barman host.
 #[derive(Debug, Clone, Parser)]
@@ -100,6 +104,18 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub connection: ConnectionArgs,
+
+    /// (ours) The settings file (TOML, keys named like the long options);
+    /// `none` reads no file. Command line > environment
+    /// (BARMAN_WAL_RESTORE_OPT_<OPTION>) > file > defaults
+    /// [default: /etc/barman-wal-restore.conf, if present]
+    #[arg(long = "config-file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// (ours) Print the effective settings and where each comes from, then
+    /// exit (the positional arguments may be given or left out)
+    #[arg(long = "show-config")]
+    pub show_config: bool,
 
     /// Sleep for SECONDS after a failure of get-wal request
     #[arg(

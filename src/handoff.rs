@@ -177,7 +177,8 @@ pub fn worker_running(spool: &Spool) -> bool {
 }
 
 /// Starts a worker for this call's spool: this same program with this
-/// call's own arguments and `--async-worker`, in this call's working
+/// call's effective settings (command line, environment and file resolved
+/// into arguments: [`crate::config_file::worker_args`]) and `--async-worker`, in this call's working
 /// directory (its relative paths are resolved there, then it moves to
 /// `/`: see [`crate::worker::detach`]), in a session of its own (so
 /// neither PostgreSQL's signals to its children nor a terminal reach it),
@@ -198,7 +199,7 @@ pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()
     };
     let mut command = Command::new(std::env::current_exe()?);
     command
-        .args(std::env::args_os().skip(1))
+        .args(crate::config_file::worker_args())
         .arg("--async-worker")
         .args(from.map(|wal| format!("--async-from={wal}")))
         .args(std::env::current_dir().ok().map(|dir| {
@@ -209,6 +210,11 @@ pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    // The settings are all in the arguments now; the worker must not read
+    // them again, nor different ones.
+    for variable in crate::config_file::settings_variables() {
+        command.env_remove(variable);
+    }
     // SAFETY: setsid is async-signal-safe, which is all pre_exec asks.
     unsafe {
         command.pre_exec(|| {

@@ -8,6 +8,8 @@
 //!
 //! - [`wal`]: WAL file names, what PostgreSQL may ask for, segment arithmetic.
 //! - [`cli`]: the command line, compatible with the Python original.
+//! - [`config_file`]: settings from `/etc/barman-wal-restore.conf` and the
+//!   environment, under the command line.
 //! - [`ssh`]: target resolution from flags and ssh_config, host keys, the
 //!   session and its exec channels.
 //! - [`remote`]: the remote `barman` commands, quoting, peek parsing, exit
@@ -32,6 +34,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config_file;
 pub mod decode;
 pub mod direct;
 pub mod embedded_barman;

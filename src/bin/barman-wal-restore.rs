@@ -1,11 +1,24 @@
 //! `barman-wal-restore`: PostgreSQL's restore_command. Parses the command
-//! line and hands it to the library; everything else lives there.
+//! line (under it, the environment and the settings file) and hands it to
+//! the library; everything else lives there.
 
-use barman_wal_restore::{cli::RestoreArgs, exit, restore, shutdown, worker};
-use clap::Parser;
+use barman_wal_restore::config_file::{self, Resolution};
+use barman_wal_restore::{exit, restore, shutdown, worker};
 
 fn main() {
-    let mut args = RestoreArgs::parse();
+    // The command line over the environment over the settings file; a bad
+    // setting is a usage error, before any connection.
+    let mut args = match config_file::resolve_process() {
+        Ok(Resolution::Run(args)) => *args,
+        Ok(Resolution::Show(text)) => {
+            print!("{text}");
+            std::process::exit(exit::SUCCESS);
+        }
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            std::process::exit(exit::CONNECTION);
+        }
+    };
     if args.async_worker {
         worker::detach(&mut args);
     }

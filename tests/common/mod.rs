@@ -192,6 +192,7 @@ pub struct Call {
     cwd: Option<PathBuf>,
     allow_abort: bool,
     timeout: Duration,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Call {
@@ -219,7 +220,15 @@ impl Call {
             cwd: None,
             allow_abort: false,
             timeout: CALL_TIMEOUT,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable of the call (by default the calls see
+    /// no settings variable and no settings file: see [`spawn_argv`]).
+    pub fn env(mut self, name: &str, value: impl AsRef<OsStr>) -> Call {
+        self.env.push((name.into(), value.as_ref().to_os_string()));
+        self
     }
 
     /// Adds options (after the connection options, before the positionals).
@@ -284,6 +293,7 @@ impl Call {
             self.cwd.as_deref(),
             self.allow_abort,
             self.timeout,
+            &self.env,
         )
     }
 
@@ -296,7 +306,7 @@ impl Call {
 /// Runs the binary with exactly `argv` (for argument-order tests).
 pub fn run_argv<S: AsRef<OsStr>>(argv: &[S]) -> Outcome {
     let argv: Vec<OsString> = argv.iter().map(|a| a.as_ref().to_os_string()).collect();
-    spawn_argv(&argv, None, false, CALL_TIMEOUT).wait()
+    spawn_argv(&argv, None, false, CALL_TIMEOUT, &[]).wait()
 }
 
 fn spawn_argv(
@@ -304,6 +314,7 @@ fn spawn_argv(
     cwd: Option<&Path>,
     allow_abort: bool,
     timeout: Duration,
+    env: &[(OsString, OsString)],
 ) -> Running {
     let mut command = Command::new(BIN);
     command
@@ -313,6 +324,19 @@ fn spawn_argv(
         .stderr(Stdio::piped())
         .env_remove("SSH_AUTH_SOCK")
         .env_remove("RUST_LOG");
+    // Hermetic: neither this machine's /etc/barman-wal-restore.conf nor
+    // the test runner's settings variables play a part, unless the test
+    // sets them.
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_string_lossy()
+            .starts_with("BARMAN_WAL_RESTORE_OPT_")
+        {
+            command.env_remove(name);
+        }
+    }
+    command.env("BARMAN_WAL_RESTORE_OPT_CONFIG_FILE", "none");
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = cwd {
         command.current_dir(dir);
     }
