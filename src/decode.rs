@@ -530,7 +530,10 @@ mod tests {
             assert!(whole.is_ok(), "{:?}", whole.err());
             for cut in 1..=trailer {
                 let (result, _) = run(&stored[..stored.len() - cut], WalKind::Segment);
-                assert!(result.is_err(), "cut {cut} of a {trailer}-byte trailer passed");
+                assert!(
+                    result.is_err(),
+                    "cut {cut} of a {trailer}-byte trailer passed"
+                );
             }
         }
     }

@@ -1,23 +1,11 @@
 //! A GitHub table of the report, the ratios as a list, and the `Result:`
 //! line: what is pasted into an issue or a pull request.
 
-use super::table::{calls_measured, opt, ratios, verdict};
+use super::table::{headline, opt, ratios, verdict};
 use crate::bench::report::{on_off, BenchReport};
 
 pub fn render_markdown(report: &BenchReport) -> String {
-    let mut out = format!(
-        "{} from `{}` against {}",
-        calls_measured(report),
-        report.first_wal,
-        report.target
-    );
-    if report
-        .summaries
-        .first()
-        .is_some_and(|s| s.setting.clients > 1)
-    {
-        out.push_str(" (seg/s and MiB/s: all clients)");
-    }
+    let mut out = headline(report, &format!("`{}`", report.first_wal));
     out.push_str("\n\n");
     let with_barman_cpu = report
         .summaries

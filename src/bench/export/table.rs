@@ -9,19 +9,8 @@ pub(super) fn opt(v: Option<u64>) -> String {
 
 /// The table, one row per program and setting, then the ratios.
 pub fn render_table(report: &BenchReport) -> String {
-    let mut out = format!(
-        "{} from {} against {}\n\n",
-        calls_measured(report),
-        report.first_wal,
-        report.target
-    );
-    if report
-        .summaries
-        .first()
-        .is_some_and(|s| s.setting.clients > 1)
-    {
-        out.insert_str(out.len() - 2, " (seg/s and MiB/s: all clients)");
-    }
+    let mut out = headline(report, &report.first_wal);
+    out.push_str("\n\n");
     let with_barman_cpu = report
         .summaries
         .iter()
@@ -107,6 +96,24 @@ pub fn render_table(report: &BenchReport) -> String {
 }
 
 /// "N sequential restore_command calls", and by how many clients at once.
+/// The line above the rows: what was measured, from which WAL (as the
+/// format wants it shown), against what.
+pub(super) fn headline(report: &BenchReport, first_wal: &str) -> String {
+    let mut out = format!(
+        "{} from {first_wal} against {}",
+        calls_measured(report),
+        report.target
+    );
+    if report
+        .summaries
+        .first()
+        .is_some_and(|s| s.setting.clients > 1)
+    {
+        out.push_str(" (seg/s and MiB/s: all clients)");
+    }
+    out
+}
+
 pub(super) fn calls_measured(report: &BenchReport) -> String {
     let clients = report.summaries.first().map_or(1, |s| s.setting.clients);
     let mut what = format!("{} sequential restore_command calls", report.count);
