@@ -19,22 +19,6 @@ const LOG: &str = ".bwr-worker.log";
 const LOCK: &str = ".bwr-worker.lock";
 
 /// The worker's log, or "" before the first worker.
-fn worker_log(work: &Work) -> String {
-    fs::read_to_string(work.spool.join(LOG)).unwrap_or_default()
-}
-
-/// Pids of the workers that took the lock, in order.
-fn worker_pids(work: &Work) -> Vec<i32> {
-    worker_log(work)
-        .lines()
-        .filter_map(|l| {
-            let rest = l.split_once(" worker ")?.1;
-            let (pid, tail) = rest.split_once(' ')?;
-            tail.starts_with("serves spool").then(|| pid.parse().ok())?
-        })
-        .collect()
-}
-
 /// Whether `pid` runs (a zombie waiting for init to reap it does not).
 fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -350,19 +350,6 @@ fn the_default_file_may_be_absent() {
     assert_setting(&settings, "parallel", "0", "default");
 }
 
-/// The worker's pids, from its log's "worker PID serves spool" lines.
-fn worker_pids(work: &Work) -> Vec<i32> {
-    fs::read_to_string(work.spool.join(".bwr-worker.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let rest = l.split_once(" worker ")?.1;
-            let (pid, tail) = rest.split_once(' ')?;
-            tail.starts_with("serves spool").then(|| pid.parse().ok())?
-        })
-        .collect()
-}
-
 /// `async = true` and `parallel = 3` in the file reach the worker as
 /// arguments, and the worker reads no file: one changed (here broken)
 /// after the call does not change the worker.

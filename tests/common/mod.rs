@@ -727,3 +727,21 @@ pub fn closed_port() -> u16 {
     drop(listener);
     port
 }
+
+/// The `--async` worker's log in the spool.
+pub fn worker_log(work: &Work) -> String {
+    std::fs::read_to_string(work.spool.join(".bwr-worker.log")).unwrap_or_default()
+}
+
+/// Pids of the workers that took the spool's lock, in order: the log's
+/// "worker PID serves spool" lines.
+pub fn worker_pids(work: &Work) -> Vec<i32> {
+    worker_log(work)
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once(" worker ")?.1;
+            let (pid, tail) = rest.split_once(' ')?;
+            tail.starts_with("serves spool").then(|| pid.parse().ok())?
+        })
+        .collect()
+}
