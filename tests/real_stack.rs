@@ -1857,6 +1857,19 @@ const PITR_BLOCK_FROM_CALL: u32 = 5;
 /// Archive recovery (recovery.signal) whose Barman becomes unreachable mid-way: our binary exits
 /// 255, PostgreSQL stops with a FATAL instead of promoting with data missing; started again once
 /// Barman is back (same port), it resumes, reaches the primary's row count and promotes.
+/// Writes `script` as `CTL/restore.sh` (mode 0755) and returns the
+/// postgresql.conf line that makes it the restore_command.
+fn restore_wrapper(ctl: &Path, script: String) -> Result<String, Failed> {
+    let wrapper = ctl.join("restore.sh");
+    fs::write(&wrapper, script).map_err(|e| fail(e.to_string()))?;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(format!(
+        "restore_command = '/bin/sh {} %f %p'",
+        wrapper.display()
+    ))
+}
+
 fn pitr_stops_when_barman_unreachable(st: &Stack) -> TestResult {
     let sshd = Sshd::start(st, "pitr", &[])?;
     let work = st.workdir("pitr_unreachable")?;
@@ -1876,9 +1889,8 @@ fn pitr_stops_when_barman_unreachable(st: &Stack) -> TestResult {
         &format!("-p 0 --spool-dir {}", ctl.join("spool").display()),
     );
     let k = PITR_BLOCK_FROM_CALL;
-    let wrapper = ctl.join("restore.sh");
-    fs::write(
-        &wrapper,
+    let conf = restore_wrapper(
+        &ctl,
         format!(
             r#"#!/bin/sh
 # restore_command of postgres::pitr_stops_when_barman_unreachable_then_resumes: counts the calls;
@@ -1901,11 +1913,7 @@ exec {argv} "$1" "$2"
 "#,
             ctl = ctl.display()
         ),
-    )
-    .map_err(|e| fail(e.to_string()))?;
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
-        .map_err(|e| fail(e.to_string()))?;
-    let conf = format!("restore_command = '/bin/sh {} %f %p'", wrapper.display());
+    )?;
     let fatal = "child process exited with exit code 255";
     with_cluster_expecting(
         st,
@@ -2181,9 +2189,8 @@ fn two_standbys_share_one_async_spool(st: &Stack) -> TestResult {
             )?
             .expect_code(0)?;
             let argv = st.restore_argv_for(server, st.get("SSH_PORT"), key, &cfg, &opts);
-            let wrapper = ctl.join("restore.sh");
-            fs::write(
-                &wrapper,
+            let conf = restore_wrapper(
+                &ctl,
                 format!(
                     r#"#!/bin/sh
 # restore_command of {label}: times each call, and compares each delivered segment with the
@@ -2202,11 +2209,7 @@ exit $rc
 "#,
                     ctl = ctl.display()
                 ),
-            )
-            .map_err(|e| fail(e.to_string()))?;
-            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
-                .map_err(|e| fail(e.to_string()))?;
-            let conf = format!("restore_command = '/bin/sh {} %f %p'", wrapper.display());
+            )?;
             let pg = Pg::from_backup(
                 st,
                 base,
