@@ -448,9 +448,5 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
     if let Some(path) = &args.plot {
         export::svg::write_plot(&report, path)?;
     }
-    let bad = report
-        .summaries
-        .iter()
-        .any(|s| s.failed > 0 || s.mismatched > 0);
-    Ok(if bad { 1 } else { 0 })
+    Ok(if report.bad_calls() > 0 { 1 } else { 0 })
 }

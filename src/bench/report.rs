@@ -149,6 +149,13 @@ pub struct BenchReport {
     pub summaries: Vec<Summary>,
 }
 
+impl BenchReport {
+    /// Calls that failed or delivered bytes other than the first run's.
+    pub fn bad_calls(&self) -> usize {
+        self.summaries.iter().map(|s| s.failed + s.mismatched).sum()
+    }
+}
+
 /// A flag as the table shows it.
 pub(crate) fn on_off(b: bool) -> &'static str {
     if b {

@@ -79,11 +79,7 @@ pub fn render_table(report: &BenchReport) -> String {
         out.push_str("\nratios (same run, side by side):\n");
         out.push_str(&ratios);
     }
-    let bad: usize = report
-        .summaries
-        .iter()
-        .map(|s| s.failed + s.mismatched)
-        .sum();
+    let bad = report.bad_calls();
     if bad > 0 {
         out.push_str(&format!(
             "\n{bad} call(s) failed or delivered different bytes; see --json for details\n"
@@ -129,11 +125,7 @@ pub(super) fn calls_measured(report: &BenchReport) -> String {
 /// result.
 pub fn verdict(report: &BenchReport) -> String {
     let what = format!("{} from {}", calls_measured(report), report.target);
-    let bad: usize = report
-        .summaries
-        .iter()
-        .map(|s| s.failed + s.mismatched)
-        .sum();
+    let bad = report.bad_calls();
     if bad > 0 {
         return format!(
             "Result: {what}: {bad} call(s) failed or delivered wrong bytes, no ratio to report."
