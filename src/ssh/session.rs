@@ -740,6 +740,13 @@ async fn authenticate(
         }
     }
 
+    // A transport error while offering a key: no other key would fare better.
+    let refused = |e: russh::Error| {
+        Failure::Connection(format!(
+            "authentication to {} failed: {e}",
+            target.display()
+        ))
+    };
     let mut problems = Vec::new();
     for path in &target.identities {
         if !path.exists() {
@@ -774,12 +781,7 @@ async fn authenticate(
             {
                 Ok(result) if result.success() => return Ok(()),
                 Ok(_) => {}
-                Err(e) => {
-                    return Err(Failure::Connection(format!(
-                        "authentication to {} failed: {e}",
-                        target.display()
-                    )));
-                }
+                Err(e) => return Err(refused(e)),
             }
         }
         tried.push(path.display().to_string());
@@ -787,12 +789,7 @@ async fn authenticate(
         match handle.authenticate_publickey(user.clone(), key).await {
             Ok(result) if result.success() => return Ok(()),
             Ok(_) => {}
-            Err(e) => {
-                return Err(Failure::Connection(format!(
-                    "authentication to {} failed: {e}",
-                    target.display()
-                )));
-            }
+            Err(e) => return Err(refused(e)),
         }
     }
     let tried = if tried.is_empty() {
