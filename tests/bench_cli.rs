@@ -2,22 +2,36 @@
 //! runs it: it finds the restore binary beside itself, measures, and ends
 //! with one line saying what was measured and the ratio.
 
+use std::ffi::OsStr;
 use std::process::Command;
 
-#[test]
-fn the_embedded_run_ends_with_a_line_saying_what_was_measured() {
+/// Runs the bench on a tiny embedded archive (1 MiB segments, 5 ms per
+/// Barman command) with `args`; it must exit 0. Returns its stdout.
+fn bench_small<S: AsRef<OsStr>>(args: &[S]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_barman-wal-bench"))
-        .args(["--embedded", "--count", "4", "-p", "0,2"])
-        .args(["--segment-mib", "1", "--command-latency-ms", "5"])
+        .args([
+            "--embedded",
+            "--segment-mib",
+            "1",
+            "--command-latency-ms",
+            "5",
+        ])
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
         Some(0),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    stdout
+}
+
+#[test]
+fn the_embedded_run_ends_with_a_line_saying_what_was_measured() {
+    let stdout = bench_small(&["--count", "4", "-p", "0,2"]);
     let last = stdout.lines().last().unwrap_or_default();
     assert!(
         last.starts_with(
@@ -38,14 +52,16 @@ fn the_embedded_run_ends_with_a_line_saying_what_was_measured() {
 fn clients_each_run_the_whole_sequence_against_the_one_barman() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_barman-wal-bench"))
-        .args(["--embedded", "--count", "3", "-p", "0", "--clients", "2"])
-        .args(["--segment-mib", "1", "--command-latency-ms", "5", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let stdout = bench_small(&[
+        OsStr::new("--count"),
+        OsStr::new("3"),
+        OsStr::new("-p"),
+        OsStr::new("0"),
+        OsStr::new("--clients"),
+        OsStr::new("2"),
+        OsStr::new("--json"),
+        json.as_os_str(),
+    ]);
     assert!(stdout.contains("by each of 2 clients at once"), "{stdout}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -63,21 +79,16 @@ fn clients_each_run_the_whole_sequence_against_the_one_barman() {
 fn the_plot_draws_every_call_and_csv_goes_to_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("X.svg");
-    let out = Command::new(env!("CARGO_BIN_EXE_barman-wal-bench"))
-        .args(["--embedded", "--count", "4", "-p", "0,2"])
-        .args(["--segment-mib", "1", "--command-latency-ms", "5"])
-        .arg("--plot")
-        .arg(&plot)
-        .args(["--format", "csv"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = bench_small(&[
+        OsStr::new("--count"),
+        OsStr::new("4"),
+        OsStr::new("-p"),
+        OsStr::new("0,2"),
+        OsStr::new("--plot"),
+        plot.as_os_str(),
+        OsStr::new("--format"),
+        OsStr::new("csv"),
+    ]);
 
     let mut csv = csv::Reader::from_reader(stdout.as_bytes());
     let header = csv.headers().unwrap().clone();
