@@ -11,10 +11,10 @@ use std::fs::File;
 use std::io::Cursor;
 
 use barman_wal_restore::decode::decode_stream;
-use barman_wal_restore::embedded_barman::walgen::{segment_bytes, SegmentId};
-use barman_wal_restore::embedded_barman::StoredCompression;
 use barman_wal_restore::wal::WalKind;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use embedded_barman::walgen::{segment_bytes, SegmentId};
+use embedded_barman::StoredCompression;
 
 fn decode(c: &mut Criterion) {
     let raw = segment_bytes(SegmentId {

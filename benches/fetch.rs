@@ -8,15 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use barman_wal_restore::embedded_barman::{
-    ArchiveSpec, EmbeddedBarman, EmbeddedConfig, StoredCompression,
-};
 use barman_wal_restore::fetch::{FetchOptions, Fetcher};
 use barman_wal_restore::remote::{BarmanServer, Transfer};
 use barman_wal_restore::spool::Spool;
 use barman_wal_restore::ssh::{ConnectOptions, Session, SessionStats, SshTarget};
 use barman_wal_restore::wal::WalName;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use embedded_barman::{ArchiveSpec, EmbeddedBarman, EmbeddedConfig, StoredCompression};
 
 const SEGMENTS: usize = 16;
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Times a real PostgreSQL 15 PITR (archive recovery to the end of the archive) through several
-# restore_commands, side by side in one run: the figures of issue #6 and the README's --async row.
+# restore_commands, side by side in one run: the figures of docs/benchmarks.md and the README's --async row.
 #
 #   sudo scripts/bench-pitr.sh OUTDIR [MODE...]
 #

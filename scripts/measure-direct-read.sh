@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two choices of issue #7, measured on the real stack's sshd with OpenSSH's own clients over
+# The two choices of --direct-read (exec cat rather than SFTP, ls rather than xlog.db), measured on the real stack's sshd with OpenSSH's own clients over
 # one multiplexed connection (ControlMaster), so only the protocol and the remote work differ:
 #
 #   A. how to read a stored file: an exec channel running `cat` per file, or SFTP (OpenSSH's sftp

@@ -7,7 +7,7 @@
 #    the Barman 3.19 venv - installed when missing (needs root; scripts/install-test-deps.sh).
 #    Under CI (CI=true) a missing prerequisite is a failure; elsewhere the real-stack tests are
 #    skipped with a loud message.
-# 2. cargo test --all-targets (unit tests, integration tests, the real stack, benches in test mode).
+# 2. cargo test --workspace --all-targets (unit tests, integration tests, the real stack, benches in test mode).
 # 3. The Debian package, end to end (scripts/test-deb.sh: build, install beside Debian's barman-cli,
 #    PITR through the installed command, removal): with the real-stack prerequisites and dpkg; under CI
 #    anything else is a failure.
@@ -46,8 +46,8 @@ if (( deps_ok )); then
 fi
 
 # ---- 2. cargo test
-log "cargo test --all-targets $*"
-cargo test --all-targets "$@"
+log "cargo test --workspace --all-targets $*"
+cargo test --workspace --all-targets "$@"
 t1=$(date +%s)
 
 # ---- 3. Debian package

@@ -1,6 +1,6 @@
 //! Direct archive read (`--direct-read`): fetch the stored files themselves
-//! with `cat`, without a `barman get-wal` (a Python start-up, ~110 ms of the
-//! Barman host's CPU) per file.
+//! with `cat`, without a `barman get-wal` (a Python start-up on the Barman
+//! host's CPU) per file.
 //!
 //! What it relies on: the ssh account may run `cat` and `ls` (no forced
 //! command restricting it to `barman`), and Barman's on-disk layout, learnt
@@ -11,20 +11,19 @@
 //! account that refuses `cat`) goes to `barman get-wal`: only Barman's own
 //! "not found" is a confirmed miss.
 //!
-//! Why exec `cat` and not SFTP (`scripts/measure-direct-read.sh`, real
-//! sshd, 32 stored segments over one connection): 8 at a time, as the
-//! prefetch runs, both take the same time (486 ms for `cat`, 447 ms for
-//! 8 SFTP sessions, within this machine's noise); one after another, SFTP
-//! saves the few ms of a remote `sh -c` per file. Not worth a second
+//! Why exec `cat` and not SFTP: 8 at a time, as the prefetch runs, both
+//! take the same time within noise (docs/benchmarks.md, "Where the
+//! constants come from"); one after another, SFTP saves the few ms of a
+//! remote `sh -c` per file. Not worth a second
 //! protocol and a crate for the same bytes, and a Barman host's sshd may
 //! have no SFTP subsystem at all (the real-stack sshd has none), where
 //! `cat` runs wherever `barman get-wal` does.
 //!
 //! Why peek with `ls` of one log's directory and not the server's
 //! xlog.db: the directory holds at most 256 names however large the
-//! archive; xlog.db has a line for every file ever archived (5.6 MB and
-//! 35 ms per read at 100 000 files, against 4 KB and 19 ms for `ls`, same
-//! script), and grows without bound.
+//! archive; xlog.db has a line for every file ever archived, is slower to
+//! read than `ls` long before an archive is old (docs/benchmarks.md), and
+//! grows without bound.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

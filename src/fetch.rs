@@ -74,19 +74,16 @@ pub struct Fetcher {
 /// `-p` is how many segments to prefetch, this is how many decode at the
 /// same time. Each zstd stream's decoder holds its window (about 2.5 MiB
 /// for Barman's level-3 16 MiB segments), so 16 at once cost over 40 MiB;
-/// and more channels than this do not move more bytes through one session
-/// (measured here: 406 MiB/s at 4 channels, 469 at 8), nor start Barman's
-/// Python faster on a Barman host with few cores. 5 rather than 6, measured
-/// side by side (`barman-wal-bench --compare`, -p 16 --keep-compression,
-/// two runs): peak RSS 29.7/30.3 MiB instead of 34.2/34.6, wall time
-/// 14.31/13.35 s instead of 14.81/13.62; at -p 8 25.8 MiB instead of 31.4.
+/// and more channels than this hardly move more bytes through one session,
+/// nor start Barman's Python faster on a Barman host with few cores. 5
+/// rather than 6: less memory and no slower, measured side by side
+/// (docs/benchmarks.md, "Where the constants come from").
 pub const MAX_STREAMS: usize = 5;
 
 /// The same limit for direct reads: nothing remote to wait for, each
 /// stream is decoded as fast as it arrives, so more than a few only hold
-/// more buffered bytes. Measured at -p 16 (`barman-wal-bench --direct-read
-/// on`, side by side): 4 streams 25.7-26.7 MiB peak RSS and 6.0-6.6 s, 6
-/// streams 33.3-36.5 MiB and 6.3-7.1 s.
+/// more buffered bytes: 6 streams held more memory and were no faster
+/// (docs/benchmarks.md, "Where the constants come from").
 pub const DIRECT_STREAMS: usize = 4;
 
 /// The longest `get-wal --peek` answer read: 256 names (the most we ask
@@ -409,8 +406,8 @@ impl Fetcher {
                 ))));
             }
         }
-        // fsync takes 30-75 ms for a 16 MiB segment on this kind of disk:
-        // on a runtime thread it would stall the session's other channels.
+        // fsync of a 16 MiB segment takes tens of ms: on a runtime thread it
+        // would stall the session's other channels.
         let (file, final_path) = (decoded.file, dest.to_path_buf());
         tokio::task::spawn_blocking(move || temp.commit(&file, &final_path))
             .await

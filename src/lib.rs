@@ -28,16 +28,17 @@
 //! - [`owner`]: whose spool it is: the caller identity its files belong to.
 //! - [`exit`]: the only place that decides exit statuses.
 //! - [`shutdown`]: signals, and the temp files they must not leave behind.
-//! - [`bench`]: `barman-wal-bench`, measuring calls as PostgreSQL makes them.
-//! - [`embedded_barman`]: an in-process SSH server emulating a Barman host,
-//!   for hermetic tests and the benchmark's `--embedded` mode.
+//!
+//! Two crates of the workspace sit beside this one and are not linked into
+//! `barman-wal-restore`: `crates/embedded-barman`, an in-process SSH server
+//! emulating a Barman host (hermetic tests, the bench's `--embedded` mode),
+//! and `crates/bench`, `barman-wal-bench`, measuring calls as PostgreSQL
+//! makes them.
 
-pub mod bench;
 pub mod cli;
 pub mod config_file;
 pub mod decode;
 pub mod direct;
-pub mod embedded_barman;
 pub mod exit;
 pub mod fetch;
 pub mod handoff;

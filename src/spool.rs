@@ -78,8 +78,8 @@ impl TempFile {
     /// a final name on incomplete bytes, is prevented by syncing the file
     /// first; WAL_DEST is then renamed durably by PostgreSQL itself
     /// (`durable_rename` when it keeps a restored file), and a spool entry
-    /// lost in a crash is simply fetched again. A directory fsync costs
-    /// ~15 ms on this kind of disk, on every call.
+    /// lost in a crash is simply fetched again, and a directory fsync would
+    /// be paid on every call (docs/benchmarks.md).
     pub fn commit(mut self, file: &File, dest: &Path) -> io::Result<()> {
         file.sync_all()?;
         fs::rename(&self.path, dest)?;

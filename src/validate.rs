@@ -638,7 +638,7 @@ mod tests {
     }
 
     fn generated(segment_number: u64) -> Vec<u8> {
-        crate::embedded_barman::walgen::segment_bytes(crate::embedded_barman::walgen::SegmentId {
+        embedded_barman::walgen::segment_bytes(embedded_barman::walgen::SegmentId {
             system_identifier: 42,
             timeline: 1,
             segment_number,

@@ -1,4 +1,4 @@
-//! Issue #6: `--async`, the background worker that keeps the spool ahead of
+//! `--async`, the background worker that keeps the spool ahead of
 //! replay, proven against the embedded Barman with the real binary.
 //!
 //! Workers outlive the calls that start them by design; every test gives
@@ -10,10 +10,8 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use barman_wal_restore::embedded_barman::{
-    EmbeddedBarman, FaultRule, StoredCompression, StreamFault, Target,
-};
 use common::*;
+use embedded_barman::{EmbeddedBarman, FaultRule, StoredCompression, StreamFault, Target};
 
 const LOG: &str = ".bwr-worker.log";
 const LOCK: &str = ".bwr-worker.lock";

@@ -1,4 +1,4 @@
-//! Issue #15, items 1 and 2: a cluster is only ever given its own WAL.
+//! A cluster is only ever given its own WAL.
 //!
 //! Inside a data directory (a `global/pg_control`), every delivery is
 //! checked against the cluster's system identifier and segment size: a
@@ -14,9 +14,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use barman_wal_restore::embedded_barman::{ArchiveSpec, BackgroundBarman, StoredCompression};
 use barman_wal_restore::pg_control;
 use common::*;
+use embedded_barman::{ArchiveSpec, BackgroundBarman, StoredCompression};
 
 /// The cluster of the default test archive.
 const ARCHIVED: u64 = 7_312_345_678_901_234_567;

@@ -1,4 +1,4 @@
-//! Issue #18 item 4: the settings file and the settings variables, under the
+//! The settings file and the settings variables, under the
 //! command line. Checked through `--show-config` (what a DBA reads) and
 //! through calls against the embedded Barman (what PostgreSQL gets).
 
@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use barman_wal_restore::embedded_barman::StoredCompression;
 use common::*;
+use embedded_barman::StoredCompression;
 
 const PREFIX: &str = "BARMAN_WAL_RESTORE_OPT_";
 

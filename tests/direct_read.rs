@@ -4,8 +4,8 @@
 
 mod common;
 
-use barman_wal_restore::embedded_barman::{ArchiveSpec, Faults, StoredCompression};
 use common::*;
+use embedded_barman::{ArchiveSpec, Faults, StoredCompression};
 
 fn get_wals(commands: &[String]) -> Vec<&String> {
     commands.iter().filter(|c| c.contains("get-wal")).collect()

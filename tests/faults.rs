@@ -1,4 +1,4 @@
-//! Issue #5: the fault matrix. The real binary against the embedded Barman
+//! The fault matrix. The real binary against the embedded Barman
 //! host with faults injected: kills at random moments, stalls, resets,
 //! damaged payloads, hostile spools, signals, concurrent invocations, a full
 //! disk, and the archive-recovery failure policy.
@@ -15,11 +15,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use barman_wal_restore::embedded_barman::{
-    ArchiveSpec, FaultRule, StoredCompression, StreamFault, Target,
-};
 use barman_wal_restore::fetch::MAX_STREAMS;
 use common::*;
+use embedded_barman::{ArchiveSpec, FaultRule, StoredCompression, StreamFault, Target};
 use rand::Rng;
 
 // ---------------------------------------------------------------------------

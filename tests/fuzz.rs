@@ -9,10 +9,10 @@
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 
 use barman_wal_restore::decode::{decode_stream, DecodeError, MAX_DECODED};
-use barman_wal_restore::embedded_barman::StoredCompression;
 use barman_wal_restore::remote::parse_peek;
 use barman_wal_restore::validate;
 use barman_wal_restore::wal::{WalKind, WalName};
+use embedded_barman::StoredCompression;
 use proptest::prelude::*;
 
 fn cases() -> u32 {

@@ -1,4 +1,4 @@
-//! Issue #2: the behaviours of `barman-wal-restore` as a user sees them,
+//! The behaviours of `barman-wal-restore` as a user sees them,
 //! proven by running the real binary against the embedded Barman host.
 //!
 //! Each test names what it proves; the ones ported from Barman's own client
@@ -11,11 +11,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use barman_wal_restore::embedded_barman::{
+use common::*;
+use embedded_barman::{
     ArchiveSpec, ConfigCheck, EmbeddedBarman, EmbeddedConfig, FaultRule, Faults, StoredCompression,
     StreamFault, Target,
 };
-use common::*;
 
 // ---------------------------------------------------------------------------
 // Compressions and transfer modes

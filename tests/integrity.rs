@@ -1,4 +1,4 @@
-//! Issue #15, items 3 and 5: a complete segment is complete, and nothing
+//! A complete segment is complete, and nothing
 //! the Barman host sends can grow without bound. The real binary against the
 //! embedded Barman host, each fault with remote exit 0 where a remote exit
 //! exists: segments whose WAL ends early, decompression bombs in every
@@ -14,10 +14,8 @@ use std::fs;
 use std::io::Write;
 use std::time::Duration;
 
-use barman_wal_restore::embedded_barman::{
-    ArchiveSpec, FaultRule, StoredCompression, StreamFault, Target,
-};
 use common::*;
+use embedded_barman::{ArchiveSpec, FaultRule, StoredCompression, StreamFault, Target};
 
 /// The WAL page size, and where the first page's `xlp_rem_len` is.
 const PAGE: usize = 8192;
@@ -27,7 +25,7 @@ const REM_LEN_AT: usize = 16;
 fn assert_refused(
     out: &Outcome,
     work: &Work,
-    archive: &barman_wal_restore::embedded_barman::Archive,
+    archive: &embedded_barman::Archive,
     wal: &str,
     says: &str,
 ) {

@@ -12,8 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use barman_wal_restore::embedded_barman::StoredCompression;
 use common::*;
+use embedded_barman::StoredCompression;
 
 /// An `ssh` that logs each call's arguments, then is OpenSSH's.
 fn logging_ssh(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {

@@ -191,9 +191,9 @@ pub enum OpenError {
     Failed(Failure),
 }
 
-/// Our preference among `offered` (speed first: AES-GCM with AES-NI is
-/// several times faster than chacha20-poly1305, russh-notes.md), kept to
-/// what ssh_config allows when it names a list.
+/// Our preference among `offered` (speed first: AES-GCM with AES-NI beats
+/// chacha20-poly1305 per byte, docs/benchmarks.md), kept to what ssh_config
+/// allows when it names a list.
 fn allowed<N: Copy + AsRef<str>>(ours: &[N], config: &[String]) -> Vec<N> {
     ours.iter()
         .copied()

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use barman_wal_restore::embedded_barman::{
+use embedded_barman::{
     Archive, ArchiveSpec, BackgroundBarman, EmbeddedBarman, EmbeddedConfig, FaultRule, Faults,
     StoredCompression,
 };

@@ -3,8 +3,8 @@
 //!
 //! It exists so that the client can be tested hermetically (no sshd, no
 //! Python, no PostgreSQL) and so that `barman-wal-bench --embedded` has a
-//! realistic peer on any machine. It lives in the library, not in test code,
-//! because the benchmark binary uses it too.
+//! realistic peer on any machine. A crate of its own, beside the restore
+//! crate, so that the shipped `barman-wal-restore` never links a server.
 //!
 //! The parts:
 //! - [`archive`]: a Barman server directory generated on disk (`wals/`,
@@ -19,7 +19,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use barman_wal_restore::embedded_barman::{EmbeddedBarman, EmbeddedConfig};
+//! use embedded_barman::{EmbeddedBarman, EmbeddedConfig};
 //! let barman = EmbeddedBarman::start(EmbeddedConfig::default()).await?;
 //! let first = &barman.archive().segments()[0];
 //! // ssh -p {port} -i {key} -o UserKnownHostsFile={known_hosts} barman@127.0.0.1 \

@@ -24,8 +24,8 @@ pub struct Faults {
     /// Only `barman` may run (an `authorized_keys` forced command): the
     /// `cat` and `ls` of `--direct-read` are refused.
     pub forced_command: bool,
-    /// Delay before each command runs, like Barman's Python start-up
-    /// (~100 ms on a real host).
+    /// Delay before each command runs, like Barman's Python start-up on a
+    /// real host (docs/benchmarks.md).
     pub command_latency: Duration,
     pub rules: Vec<FaultRule>,
 }

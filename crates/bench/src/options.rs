@@ -5,15 +5,15 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::export::Format;
-use crate::cli::ConnectionArgs;
-use crate::embedded_barman::StoredCompression;
+use barman_wal_restore::cli::ConnectionArgs;
+use embedded_barman::StoredCompression;
 
 /// Measure what `-p`, `--keep-compression` and the archive's compression buy
 /// a PostgreSQL standby: N sequential restore_command calls per setting,
 /// each a new process exactly as PostgreSQL runs them, side by side with
 /// another restore_command (`--compare`).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "barman-wal-bench", version = crate::cli::VERSION, args_override_self = true)]
+#[command(name = "barman-wal-bench", version = barman_wal_restore::cli::VERSION, args_override_self = true)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,

@@ -84,7 +84,7 @@ impl StoredCompression {
     /// Recognises a stored file by its first bytes, as Barman does per file.
     /// Anything unrecognised is served as raw bytes.
     pub fn sniff(head: &[u8]) -> StoredCompression {
-        use crate::decode::{sniff_compression, Format};
+        use barman_wal_restore::decode::{sniff_compression, Format};
         if head.starts_with(CUSTOM_HEADER) {
             return StoredCompression::Custom;
         }

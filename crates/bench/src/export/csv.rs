@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::bench::report::{BenchReport, Summary};
+use crate::report::{BenchReport, Summary};
 
 /// One CSV row; the field names are the header.
 #[derive(Serialize)]
@@ -93,7 +93,7 @@ pub fn render_csv(report: &BenchReport) -> Result<String, csv::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::fixtures::measured;
+    use crate::report::fixtures::measured;
 
     #[test]
     fn one_row_per_setting_under_a_header_absent_values_empty() {

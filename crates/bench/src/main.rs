@@ -1,7 +1,7 @@
 //! `barman-wal-bench`: measures restore_command throughput. Parses the
-//! command line and hands it to the library's bench module.
+//! command line and hands it to the bench library.
 
-use barman_wal_restore::bench::{self, options::BenchArgs};
+use barman_wal_bench::{self as bench, options::BenchArgs};
 use clap::Parser;
 
 fn main() {

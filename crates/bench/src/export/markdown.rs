@@ -2,7 +2,7 @@
 //! line: what is pasted into an issue or a pull request.
 
 use super::table::{headline, opt, ratios, verdict};
-use crate::bench::report::{on_off, BenchReport};
+use crate::report::{on_off, BenchReport};
 
 pub fn render_markdown(report: &BenchReport) -> String {
     let mut out = headline(report, &format!("`{}`", report.first_wal));
@@ -88,7 +88,7 @@ pub fn render_markdown(report: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::fixtures::measured;
+    use crate::report::fixtures::measured;
 
     #[test]
     fn a_github_table_then_the_ratios_then_the_result_line() {

@@ -26,10 +26,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::embedded_barman::{
-    ArchiveSpec, BackgroundBarman, EmbeddedBarman, EmbeddedConfig, Faults,
-};
-use crate::wal::WalName;
+use barman_wal_restore::wal::WalName;
+use embedded_barman::{ArchiveSpec, BackgroundBarman, EmbeddedBarman, EmbeddedConfig, Faults};
 use options::{BenchArgs, OnOff};
 use relay::{LinkShape, Relay};
 use report::{BenchReport, Summary};
@@ -276,7 +274,7 @@ fn prepare_target(args: &BenchArgs, work: &Path) -> Result<Target, String> {
 /// A real Barman host for a relay: its address as ssh_config resolves it,
 /// and the keys known_hosts holds for it.
 fn real_target_for_relay(args: &BenchArgs, host: &str) -> Result<(SocketAddr, KeysAt), String> {
-    let ssh = crate::ssh::SshTarget::resolve(&args.connection.connect_options(host))
+    let ssh = barman_wal_restore::ssh::SshTarget::resolve(&args.connection.connect_options(host))
         .map_err(|e| format!("resolving {host}: {e}"))?;
     let address = (ssh.host_name.as_str(), ssh.port)
         .to_socket_addrs()
@@ -293,7 +291,9 @@ fn real_target_for_relay(args: &BenchArgs, host: &str) -> Result<(SocketAddr, Ke
         .connection
         .known_hosts
         .clone()
-        .or_else(|| crate::ssh::target::passwd_home().map(|h| h.join(".ssh/known_hosts")))
+        .or_else(|| {
+            barman_wal_restore::ssh::target::passwd_home().map(|h| h.join(".ssh/known_hosts"))
+        })
         .ok_or("no known_hosts file: pass --known-hosts")?;
     let text =
         std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use super::compression::StoredCompression;
 use super::walgen::{self, SegmentId};
-use crate::wal::{segments_per_log, WalKind, WalName};
+use barman_wal_restore::wal::{segments_per_log, WalKind, WalName};
 
 /// What to generate.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ use super::command::{self, GetWal};
 use super::compression::{delivery_reader, Delivery};
 use super::faults::{FaultsHandle, Matched, Plan};
 use super::{ConfigCheck, Stats, CHUNK_SIZE};
-use crate::wal::WalName;
+use barman_wal_restore::wal::WalName;
 
 /// State every connection and channel task shares.
 pub(crate) struct Shared {

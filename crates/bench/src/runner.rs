@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::wal::WalName;
+use barman_wal_restore::wal::WalName;
 
 /// One restore_command to measure, with its argument list ready but for
 /// the WAL name, destination and spool.
@@ -103,9 +103,9 @@ impl Oracle {
 }
 
 /// The digest runs between two calls, on the clock of the catch-up being
-/// measured: XXH3-128 (about 2 ms for a 16 MiB segment here) rather than
-/// a cryptographic hash (SHA-1 took about 25 ms, over 1.5 s of a 64-call
-/// run that no restore_command caused). It guards against a wrong or
+/// measured: XXH3-128 rather than a cryptographic hash, an order of
+/// magnitude slower (docs/benchmarks.md) and time no restore_command
+/// caused. It guards against a wrong or
 /// corrupt delivery, not against an adversary.
 fn digest_file(path: &Path) -> std::io::Result<(u128, u64)> {
     let mut file = std::fs::File::open(path)?;
@@ -124,7 +124,7 @@ fn digest_file(path: &Path) -> std::io::Result<(u128, u64)> {
 }
 
 fn shell_quote(s: &str) -> String {
-    crate::remote::shell_quote(s)
+    barman_wal_restore::remote::shell_quote(s)
 }
 
 /// Replaces each `%X` of `template` for which `value(X)` gives a value; any

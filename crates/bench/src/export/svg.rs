@@ -12,7 +12,7 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::bench::report::{BenchReport, Summary};
+use crate::report::{BenchReport, Summary};
 
 const WIDTH: u32 = 1000;
 const BARS_HEIGHT_BASE: u32 = 90;
@@ -272,8 +272,8 @@ fn draw_latencies(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::fixtures::{report, summary};
-    use crate::bench::runner::CallRecord;
+    use crate::report::fixtures::{report, summary};
+    use crate::runner::CallRecord;
 
     fn call(seconds: f64, spool_hit: bool, status: i32) -> CallRecord {
         CallRecord {

@@ -1,7 +1,7 @@
 //! The table for people: one row per program and setting, the ratios, and
 //! the one `Result:` line a newcomer reads.
 
-use crate::bench::report::{on_off, BenchReport, Summary};
+use crate::report::{on_off, BenchReport, Summary};
 
 pub(super) fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
@@ -216,7 +216,7 @@ pub(super) fn ratios(report: &BenchReport) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::fixtures::{measured, report, summary};
+    use crate::report::fixtures::{measured, report, summary};
 
     /// Pinned when the table moved out of report.rs: its columns, widths
     /// and ratio lines are what users' scripts and eyes are used to.
