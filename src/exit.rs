@@ -3,10 +3,12 @@
 //! PostgreSQL reads a restore_command's status as: 0 the file is at `%p`;
 //! 1..=125 "not available, try later or elsewhere"; above 125, or death by a
 //! signal other than SIGTERM, aborts recovery. Every failure in this crate is
-//! a [`Failure`], and [`Failure::exit_code`] is the only mapping to a status,
-//! so no path can leak OpenSSH's 255 or a remote shell's 127.
+//! an [`Error`], and [`status`] (with [`FailurePolicy::exit_code`] above it)
+//! is the only mapping from its [`ErrorKind`] to a status, so no path can
+//! leak OpenSSH's 255 or a remote shell's 127, and no message text can
+//! change a status.
 
-use std::fmt;
+use crate::error::{Error, ErrorKind};
 
 /// The file is at its destination.
 pub const SUCCESS: i32 = 0;
@@ -16,6 +18,9 @@ pub const NOT_AVAILABLE: i32 = 1;
 pub const CONNECTION: i32 = 2;
 /// A local problem: bad argument, unwritable destination, unusable spool.
 pub const LOCAL: i32 = 3;
+/// The command line or the settings cannot be read: argparse's status, as
+/// the Python original exits for a usage error.
+pub const USAGE: i32 = 2;
 /// Interrupted by SIGINT (128 + 2): the shell convention.
 pub const INTERRUPTED: i32 = 130;
 /// Terminated by SIGTERM (128 + 15): PostgreSQL expects it during shutdown.
@@ -101,8 +106,8 @@ pub enum FailurePolicy {
 
 impl FailurePolicy {
     /// The status for `failure` in `mode`, and whether it stops recovery.
-    pub fn exit_code(self, failure: &Failure, mode: RecoveryMode) -> i32 {
-        let confirmed_miss = matches!(failure, Failure::NotFound(_));
+    pub fn exit_code(self, failure: &Error, mode: RecoveryMode) -> i32 {
+        let confirmed_miss = failure.kind() == ErrorKind::NotFound;
         let abort = !confirmed_miss
             && match self {
                 FailurePolicy::Auto => mode == RecoveryMode::ArchiveRecovery,
@@ -117,58 +122,32 @@ impl FailurePolicy {
     }
 }
 
-/// Why a call did not deliver the file. The message is printed after
-/// `ERROR: ` as one line; it names the WAL, host or path involved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// Barman answered that it does not have the file (its own "not found").
-    NotFound(String),
-    /// The remote command failed with a status of its own; `status` is
-    /// clamped into 1..=125 by [`Failure::exit_code`].
-    Remote { status: i32, message: String },
-    /// We received bytes but they are not a good copy (bad compression
-    /// stream, not WAL, wrong segment): the archive has no usable copy.
-    BadPayload(String),
-    /// Could not reach, authenticate to or stay connected to the Barman host.
-    Connection(String),
-    /// Something on this machine is wrong; retrying the same call won't help.
-    Local(String),
+/// The status of a failure of `kind`, whatever its message says.
+pub fn status(kind: ErrorKind) -> i32 {
+    // No wildcard: a new kind must be given its status here.
+    match kind {
+        ErrorKind::NotFound
+        | ErrorKind::RemoteSignal
+        | ErrorKind::BadPayload
+        | ErrorKind::ForeignCluster
+        | ErrorKind::TooSlow => NOT_AVAILABLE,
+        ErrorKind::RemoteStatus(status) => clamp_remote_status(status),
+        ErrorKind::Connection
+        | ErrorKind::HostKeyRejected
+        | ErrorKind::AuthRefused
+        | ErrorKind::ConfigRefused
+        | ErrorKind::ConnectForbidden => CONNECTION,
+        ErrorKind::DiskFull | ErrorKind::Local | ErrorKind::InvalidInput => LOCAL,
+        ErrorKind::Usage => USAGE,
+    }
 }
 
-impl Failure {
+impl Error {
+    /// The status for this failure outside archive recovery: see [`status`].
     pub fn exit_code(&self) -> i32 {
-        match self {
-            Failure::NotFound(_) | Failure::BadPayload(_) => NOT_AVAILABLE,
-            Failure::Remote { status, .. } => clamp_remote_status(*status),
-            Failure::Connection(_) => CONNECTION,
-            Failure::Local(_) => LOCAL,
-        }
-    }
-
-    pub fn message(&self) -> &str {
-        match self {
-            Failure::NotFound(m)
-            | Failure::BadPayload(m)
-            | Failure::Connection(m)
-            | Failure::Local(m) => m,
-            Failure::Remote { message, .. } => message,
-        }
-    }
-
-    /// Whether trying the same thing again could succeed: transport failures
-    /// are retried within a call; answers from Barman are not.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Failure::Connection(_))
+        status(self.kind())
     }
 }
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message())
-    }
-}
-
-impl std::error::Error for Failure {}
 
 /// Maps a remote command's exit status into what PostgreSQL reads as "not
 /// available": Barman's own 1..=125 pass through (as the Python original
@@ -186,34 +165,113 @@ pub fn clamp_remote_status(status: i32) -> i32 {
 mod tests {
     use super::*;
 
+    /// Every kind and the status it gets when nothing stops recovery.
+    const PLAIN_STATUS: &[(ErrorKind, i32)] = &[
+        (ErrorKind::NotFound, NOT_AVAILABLE),
+        (ErrorKind::RemoteStatus(3), 3),
+        (ErrorKind::RemoteStatus(127), NOT_AVAILABLE),
+        (ErrorKind::RemoteSignal, NOT_AVAILABLE),
+        (ErrorKind::BadPayload, NOT_AVAILABLE),
+        (ErrorKind::ForeignCluster, NOT_AVAILABLE),
+        (ErrorKind::TooSlow, NOT_AVAILABLE),
+        (ErrorKind::Connection, CONNECTION),
+        (ErrorKind::HostKeyRejected, CONNECTION),
+        (ErrorKind::AuthRefused, CONNECTION),
+        (ErrorKind::ConfigRefused, CONNECTION),
+        (ErrorKind::ConnectForbidden, CONNECTION),
+        (ErrorKind::DiskFull, LOCAL),
+        (ErrorKind::Local, LOCAL),
+        (ErrorKind::InvalidInput, LOCAL),
+        (ErrorKind::Usage, USAGE),
+    ];
+
+    /// Fails to compile when a kind is added: it then needs a line in
+    /// [`PLAIN_STATUS`].
+    #[allow(dead_code)]
+    fn listed(kind: ErrorKind) {
+        match kind {
+            ErrorKind::NotFound
+            | ErrorKind::RemoteStatus(_)
+            | ErrorKind::RemoteSignal
+            | ErrorKind::BadPayload
+            | ErrorKind::ForeignCluster
+            | ErrorKind::TooSlow
+            | ErrorKind::Connection
+            | ErrorKind::HostKeyRejected
+            | ErrorKind::AuthRefused
+            | ErrorKind::ConfigRefused
+            | ErrorKind::ConnectForbidden
+            | ErrorKind::DiskFull
+            | ErrorKind::Local
+            | ErrorKind::InvalidInput
+            | ErrorKind::Usage => {}
+        }
+    }
+
+    /// Whether a policy stops recovery in a mode (for anything but
+    /// Barman's confirmed "not found").
+    const STOPS: &[(FailurePolicy, RecoveryMode, bool)] = &[
+        (FailurePolicy::Auto, RecoveryMode::Standby, false),
+        (FailurePolicy::Auto, RecoveryMode::ArchiveRecovery, true),
+        (FailurePolicy::Auto, RecoveryMode::Unknown, false),
+        (FailurePolicy::NotAvailable, RecoveryMode::Standby, false),
+        (
+            FailurePolicy::NotAvailable,
+            RecoveryMode::ArchiveRecovery,
+            false,
+        ),
+        (FailurePolicy::NotAvailable, RecoveryMode::Unknown, false),
+        (FailurePolicy::Abort, RecoveryMode::Standby, true),
+        (FailurePolicy::Abort, RecoveryMode::ArchiveRecovery, true),
+        (FailurePolicy::Abort, RecoveryMode::Unknown, true),
+    ];
+
     #[test]
-    fn only_unconfirmed_failures_in_archive_recovery_stop_it() {
-        let miss = Failure::NotFound("x".into());
-        let down = Failure::Connection("x".into());
-        let auto = FailurePolicy::Auto;
-        assert_eq!(
-            auto.exit_code(&miss, RecoveryMode::ArchiveRecovery),
-            NOT_AVAILABLE
-        );
-        assert_eq!(
-            auto.exit_code(&down, RecoveryMode::ArchiveRecovery),
-            ABORT_RECOVERY
-        );
-        assert_eq!(auto.exit_code(&down, RecoveryMode::Standby), CONNECTION);
-        assert_eq!(auto.exit_code(&down, RecoveryMode::Unknown), CONNECTION);
-        let never = FailurePolicy::NotAvailable;
-        assert_eq!(
-            never.exit_code(&down, RecoveryMode::ArchiveRecovery),
-            CONNECTION
-        );
-        assert_eq!(
-            FailurePolicy::Abort.exit_code(&down, RecoveryMode::Standby),
-            ABORT_RECOVERY
-        );
-        assert_eq!(
-            FailurePolicy::Abort.exit_code(&miss, RecoveryMode::Standby),
-            NOT_AVAILABLE
-        );
+    fn every_kind_has_its_status_in_every_mode_under_every_policy() {
+        for &(kind, plain) in PLAIN_STATUS {
+            assert_eq!(status(kind), plain, "{kind:?}");
+            assert_eq!(Error::new(kind, "x").exit_code(), plain, "{kind:?}");
+            for &(policy, mode, stops) in STOPS {
+                let expected = if stops && kind != ErrorKind::NotFound {
+                    ABORT_RECOVERY
+                } else {
+                    plain
+                };
+                assert_eq!(
+                    policy.exit_code(&Error::new(kind, "x"), mode),
+                    expected,
+                    "{kind:?} under {policy:?} in {mode:?}"
+                );
+            }
+        }
+    }
+
+    /// What the program once read in messages: none of it moves a status.
+    #[test]
+    fn rewording_a_message_changes_no_status() {
+        let wordings = [
+            "",
+            "No space left on device (os error 28)",
+            "host key of h:22 is not known",
+            "HOST KEY OF h:22 HAS CHANGED",
+            "Permission denied (publickey)",
+            "WAL file 'X' not found in server 'angus'",
+            "cat: x: No such file or directory",
+            "unrecognized arguments: --keep-compression",
+        ];
+        for &(kind, plain) in PLAIN_STATUS {
+            for wording in wordings {
+                let failure = Error::new(kind, wording);
+                assert_eq!(failure.exit_code(), plain, "{kind:?} {wording:?}");
+                for &(policy, mode, _) in STOPS {
+                    assert_eq!(
+                        policy.exit_code(&failure, mode),
+                        policy.exit_code(&Error::new(kind, "reworded"), mode),
+                        "{kind:?} {wording:?} under {policy:?} in {mode:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -249,16 +307,19 @@ mod tests {
     #[test]
     fn no_failure_maps_above_125_or_to_zero() {
         for status in [-1, 0, 1, 2, 3, 125, 126, 127, 128, 255, 256, 1000] {
-            let code = Failure::Remote {
-                status,
-                message: String::new(),
-            }
-            .exit_code();
+            let code = Error::new(ErrorKind::RemoteStatus(status), "").exit_code();
             assert!((1..=125).contains(&code), "{status} -> {code}");
         }
         assert_eq!(clamp_remote_status(3), 3);
         assert_eq!(clamp_remote_status(127), 1);
-        assert_eq!(Failure::Connection("x".into()).exit_code(), CONNECTION);
-        assert_eq!(Failure::Local("x".into()).exit_code(), LOCAL);
+        for &(kind, _) in PLAIN_STATUS {
+            for &(policy, mode, _) in STOPS {
+                let code = policy.exit_code(&Error::new(kind, ""), mode);
+                assert!(
+                    (1..=125).contains(&code) || code == ABORT_RECOVERY,
+                    "{kind:?}"
+                );
+            }
+        }
     }
 }

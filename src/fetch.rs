@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::decode::{DecodeError, DecodeSink, Format};
 use crate::direct::{self, ArchiveLayout, DirectState};
-use crate::exit::Failure;
+use crate::error::{Error, ErrorKind};
 use crate::remote::{parse_peek, BarmanServer, RemoteExit, Transfer};
 use crate::spool::{self, Spool, TempFile};
 use crate::ssh::{ExecChannel, OpenError, Session};
@@ -135,7 +135,7 @@ impl Fetcher {
 
     /// Opens an exec channel, waiting while the server refuses new channels,
     /// for at most the io timeout.
-    async fn exec(&self, command: &str) -> Result<ExecChannel, Failure> {
+    async fn exec(&self, command: &str) -> Result<ExecChannel, Error> {
         let deadline = Instant::now() + self.session.target().io_timeout;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -143,7 +143,7 @@ impl Fetcher {
                 Ok(channel) => return Ok(channel),
                 Err(OpenError::Failed(failure)) => return Err(failure),
                 Err(OpenError::Refused) if Instant::now() >= deadline => {
-                    return Err(Failure::Connection(format!(
+                    return Err(Error::connection(format!(
                         "{} kept refusing new channels for {} s (MaxSessions?)",
                         self.session.target().display(),
                         self.session.target().io_timeout.as_secs()
@@ -162,7 +162,7 @@ impl Fetcher {
     }
 
     /// `get-wal --peek N`: the names Barman has from `wal` on.
-    pub async fn peek(&self, wal: &WalName, count: usize) -> Result<Vec<WalName>, Failure> {
+    pub async fn peek(&self, wal: &WalName, count: usize) -> Result<Vec<WalName>, Error> {
         if let Some(layout) = self.layout() {
             if let Some(names) = self.peek_direct(&layout, wal, count).await {
                 return Ok(names);
@@ -178,19 +178,16 @@ impl Fetcher {
             while let Some(chunk) = exec.next_stdout().await? {
                 stdout.extend_from_slice(&chunk);
                 if stdout.len() > MAX_PEEK_ANSWER {
-                    return Err(Failure::Remote {
-                        status: 1,
-                        message: format!(
-                            "barman get-wal --peek answered more than {MAX_PEEK_ANSWER} bytes"
-                        ),
-                    });
+                    return Err(Error::bad_payload(format!(
+                        "barman get-wal --peek answered more than {MAX_PEEK_ANSWER} bytes"
+                    )));
                 }
             }
-            Ok::<(), Failure>(())
+            Ok::<(), Error>(())
         })
         .await
         .unwrap_or_else(|_| {
-            Err(Failure::Connection(format!(
+            Err(Error::connection(format!(
                 "barman get-wal --peek did not end within {} s (--io-timeout)",
                 bound.as_secs()
             )))
@@ -208,10 +205,8 @@ impl Fetcher {
         if exit.status != Some(0) {
             return Err(exit.into_failure("barman get-wal --peek"));
         }
-        parse_peek(&stdout).map_err(|e| Failure::Remote {
-            status: 1,
-            message: format!("barman get-wal --peek answered oddly: {e}"),
-        })
+        parse_peek(&stdout)
+            .map_err(|e| Error::bad_payload(format!("barman get-wal --peek answered oddly: {e}")))
     }
 
     fn transfer_for(&self, wal: &WalName) -> Transfer {
@@ -231,7 +226,7 @@ impl Fetcher {
     /// with `-P`: only [`Fetcher::transfer_requested`] takes a `.partial`
     /// in its place, so nothing stores a `.partial`'s bytes in the spool
     /// under a full segment's name.
-    pub async fn transfer(&self, wal: &WalName, dest: &Path) -> Result<Delivered, Failure> {
+    pub async fn transfer(&self, wal: &WalName, dest: &Path) -> Result<Delivered, Error> {
         self.transfer_as(wal, dest, Lookup::AsNamed).await
     }
 
@@ -242,14 +237,14 @@ impl Fetcher {
     /// two steps because Barman's answer does not say which file it sent:
     /// in one step a complete segment whose end was lost would pass as a
     /// `.partial`.
-    pub async fn transfer_requested(
-        &self,
-        wal: &WalName,
-        dest: &Path,
-    ) -> Result<Delivered, Failure> {
+    pub async fn transfer_requested(&self, wal: &WalName, dest: &Path) -> Result<Delivered, Error> {
         let result = self.transfer(wal, dest).await;
         match result {
-            Err(Failure::NotFound(_)) if self.options.partial && wal.kind() == WalKind::Segment => {
+            Err(e)
+                if e.kind() == ErrorKind::NotFound
+                    && self.options.partial
+                    && wal.kind() == WalKind::Segment =>
+            {
                 if self.options.verbose {
                     eprintln!("INFO: Barman has no {wal}; asking for its .partial (-P)");
                 }
@@ -264,7 +259,7 @@ impl Fetcher {
         wal: &WalName,
         dest: &Path,
         lookup: Lookup,
-    ) -> Result<Delivered, Failure> {
+    ) -> Result<Delivered, Error> {
         if wal.kind() != WalKind::Partial && lookup == Lookup::AsNamed {
             if let Some(layout) = self.layout() {
                 if let Some(delivered) = self.transfer_direct(&layout, wal, dest).await? {
@@ -281,7 +276,7 @@ impl Fetcher {
                     }
                     transfer = Transfer::Decompressed;
                 }
-                Err(Attempt::RetryDecompressed(why)) => return Err(Failure::BadPayload(why)),
+                Err(Attempt::RetryDecompressed(why)) => return Err(Error::bad_payload(why)),
                 Err(Attempt::Failed(failure)) => return Err(failure),
                 Ok(delivered) => return Ok(delivered),
             }
@@ -336,7 +331,7 @@ impl Fetcher {
         rules: WalKind,
     ) -> Result<Delivered, StreamEnd> {
         let started = Instant::now();
-        let local = |e: std::io::Error| StreamEnd::Failed(spool::dest_failure(dest, &e));
+        let local = |e: std::io::Error| StreamEnd::Failed(spool::dest_failure(dest, e));
         let dir = spool::parent_dir(dest);
         let (temp, file) = TempFile::create_in(dir, wal.as_str()).map_err(local)?;
         let output = file.try_clone().map_err(local)?;
@@ -349,18 +344,18 @@ impl Fetcher {
                     return Ok(false);
                 }
             }
-            Ok::<bool, Failure>(true)
+            Ok::<bool, Error>(true)
         })
         .await
         .unwrap_or_else(|_| {
-            Err(Failure::Remote {
-                status: 1,
-                message: format!(
+            Err(Error::new(
+                ErrorKind::TooSlow,
+                format!(
                     "{wal}: the transfer did not end within {} s ({TRANSFER_IO_TIMEOUTS} x \
                      --io-timeout) although bytes kept coming: the Barman host sends too slowly",
                     bound.as_secs()
                 ),
-            })
+            ))
         });
         let (exit, transport) = match streamed {
             Ok(true) => (Some(exec.finish().await), None),
@@ -392,16 +387,14 @@ impl Fetcher {
             }
             Err(DecodeError::Write(e)) => return Err(local(e)),
             Err(e @ DecodeError::Corrupt { .. }) => {
-                return Err(StreamEnd::Failed(Failure::BadPayload(format!(
-                    "{wal}: {e}"
-                ))));
+                return Err(StreamEnd::Failed(Error::bad_payload(format!("{wal}: {e}"))));
             }
         };
         if self.options.verify {
             self.check(wal, decoded.bytes_out, &decoded.head)
-                .map_err(|why| StreamEnd::Failed(Failure::BadPayload(why)))?;
+                .map_err(|why| StreamEnd::Failed(Error::bad_payload(why)))?;
             if let Some(Err(why)) = &decoded.records {
-                return Err(StreamEnd::Failed(Failure::BadPayload(format!(
+                return Err(StreamEnd::Failed(Error::bad_payload(format!(
                     "{wal}: {why}"
                 ))));
             }
@@ -498,7 +491,7 @@ impl Fetcher {
         layout: &ArchiveLayout,
         wal: &WalName,
         dest: &Path,
-    ) -> Result<Option<Delivered>, Failure> {
+    ) -> Result<Option<Delivered>, Error> {
         for path in layout.candidates(wal) {
             match self
                 .stream(&direct::cat_command(&path), wal, dest, wal.kind())
@@ -586,7 +579,7 @@ impl Fetcher {
         names: Vec<WalName>,
         spool: &Spool,
         window: usize,
-    ) -> Vec<Result<Delivered, (WalName, Failure)>> {
+    ) -> Vec<Result<Delivered, (WalName, Error)>> {
         let permits = Arc::new(Semaphore::new(window.max(1)));
         let mut tasks = Vec::with_capacity(names.len());
         for wal in names {
@@ -614,7 +607,7 @@ enum StreamEnd {
     Remote(RemoteExit),
     /// The bytes are in no format we decode.
     Undecodable(String),
-    Failed(Failure),
+    Failed(Error),
 }
 
 /// Direct-read state of a fetcher.
@@ -665,5 +658,5 @@ enum Attempt {
     /// The stored bytes are not something we decode (or the server does not
     /// know `--keep-compression`): ask Barman to decompress instead.
     RetryDecompressed(String),
-    Failed(Failure),
+    Failed(Error),
 }

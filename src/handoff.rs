@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::exit::Failure;
+use crate::error::Error;
 use crate::spool::{Spool, TempFile};
 use crate::wal::WalName;
 
@@ -257,7 +257,7 @@ struct Want<'a> {
 }
 
 impl<'a> Want<'a> {
-    fn post(spool: &'a Spool, wal: &WalName) -> Result<Want<'a>, Failure> {
+    fn post(spool: &'a Spool, wal: &WalName) -> Result<Want<'a>, Error> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -268,7 +268,7 @@ impl<'a> Want<'a> {
             &format!("{WANT_PREFIX}{token}"),
             &format!("{wal}\n"),
         )
-        .map_err(|e| Failure::Local(format!("cannot ask the --async worker: {e}")))?;
+        .map_err(|e| Error::io(format!("cannot ask the --async worker: {e}"), e))?;
         Ok(Want { spool, token })
     }
 
@@ -292,7 +292,7 @@ pub async fn ask_worker(
     wal: &WalName,
     dest: &Path,
     timeout: Duration,
-) -> Result<Handed, Failure> {
+) -> Result<Handed, Error> {
     let want = Want::post(spool, wal)?;
     let deadline = Instant::now() + timeout;
     let mut starts = 0;

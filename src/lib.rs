@@ -26,7 +26,8 @@
 //!   that keeps it filled on one long-lived session, and how calls ask it.
 //! - [`pg_control`]: the cluster's own identity, from its `pg_control`.
 //! - [`owner`]: whose spool it is: the caller identity its files belong to.
-//! - [`exit`]: the only place that decides exit statuses.
+//! - [`error`]: the one error type, its kinds what the program acts on.
+//! - [`exit`]: the only place that decides exit statuses, from error kinds.
 //! - [`shutdown`]: signals, and the temp files they must not leave behind.
 //!
 //! Two crates of the workspace sit beside this one and are not linked into
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod config_file;
 pub mod decode;
 pub mod direct;
+pub mod error;
 pub mod exit;
 pub mod fetch;
 pub mod handoff;

@@ -5,7 +5,8 @@
 //! argument that comes from the user is quoted here, and the names that can be
 //! checked (server, WAL) are checked before anything is sent.
 
-use crate::exit::Failure;
+use crate::error::{Error, ErrorKind};
+pub use crate::ssh::RemoteExit;
 use crate::wal::WalName;
 
 /// How the server should send the file.
@@ -38,21 +39,21 @@ impl BarmanServer {
     /// server), and quote the result anyway. A config path may hold any
     /// printable character; it is quoted, and control characters are refused
     /// because no honest path has them.
-    pub fn new(name: &str, config: Option<&str>) -> Result<BarmanServer, Failure> {
+    pub fn new(name: &str, config: Option<&str>) -> Result<BarmanServer, Error> {
         let name_ok = !name.is_empty()
             && name.len() <= 128
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-+@:".contains(&b));
         if !name_ok {
-            return Err(Failure::Local(format!(
+            return Err(Error::invalid_input(format!(
                 "invalid SERVER_NAME {:?}: a Barman server name has only letters, digits and ._-+@:",
                 name
             )));
         }
         if let Some(config) = config {
             if config.is_empty() || config.chars().any(char::is_control) {
-                return Err(Failure::Local(format!(
+                return Err(Error::invalid_input(format!(
                     "invalid --config {:?}: a path without control characters is expected",
                     config
                 )));
@@ -152,15 +153,8 @@ pub fn parse_peek(stdout: &[u8]) -> Result<Vec<WalName>, String> {
         .collect()
 }
 
-/// What a finished remote command said, for interpretation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RemoteExit {
-    /// `None` when the channel closed without an exit status.
-    pub status: Option<u32>,
-    pub signal: Option<String>,
-    pub stderr: Vec<u8>,
-}
-
+/// What a finished `barman` command's ending means. Barman's stderr is read
+/// here, where it arrives, and only here: the failure carries its kind.
 impl RemoteExit {
     /// The remote stderr as lines, Barman's `ERROR: ` prefix removed (ours
     /// is added when the failure is printed).
@@ -176,24 +170,26 @@ impl RemoteExit {
     }
 
     /// Turns a non-zero ending into the failure it means.
-    pub fn into_failure(self, what: &str) -> Failure {
+    pub fn into_failure(self, what: &str) -> Error {
         let lines = self.stderr_lines();
         let said = lines.join(" / ");
         match (self.status, &self.signal) {
-            (Some(1), _) if said.contains("not found") => Failure::NotFound(said),
-            (Some(status), _) => Failure::Remote {
-                status: i32::try_from(status).unwrap_or(i32::MAX),
-                message: if said.is_empty() {
+            // Barman's own "not found" (status 1 and its words): the one
+            // confirmed miss.
+            (Some(1), _) if said.contains("not found") => Error::not_found(said),
+            (Some(status), _) => Error::new(
+                ErrorKind::RemoteStatus(i32::try_from(status).unwrap_or(i32::MAX)),
+                if said.is_empty() {
                     format!("remote '{what}' exited with status {status}")
                 } else {
                     format!("remote '{what}' exited with status {status}: {said}")
                 },
-            },
-            (None, Some(signal)) => Failure::Remote {
-                status: 1,
-                message: format!("remote '{what}' was killed by signal {signal}"),
-            },
-            (None, None) => Failure::Connection(format!(
+            ),
+            (None, Some(signal)) => Error::new(
+                ErrorKind::RemoteSignal,
+                format!("remote '{what}' was killed by signal {signal}"),
+            ),
+            (None, None) => Error::connection(format!(
                 "the connection ended before remote '{what}' reported its exit status"
             )),
         }
@@ -268,10 +264,10 @@ mod tests {
             signal: None,
             stderr: b"ERROR: WAL file 'X' not found in server 'angus'\n".to_vec(),
         };
-        assert!(matches!(
-            not_found.into_failure("get-wal"),
-            Failure::NotFound(_)
-        ));
+        assert_eq!(
+            not_found.into_failure("get-wal").kind(),
+            ErrorKind::NotFound
+        );
         let missing_barman = RemoteExit {
             status: Some(127),
             signal: None,

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crate::cli::RestoreArgs;
 use crate::direct;
-use crate::exit::{self, Failure, RecoveryMode};
+use crate::error::{Error, ErrorKind};
+use crate::exit::{self, RecoveryMode};
 use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::handoff::{self, Handed};
 use crate::owner::{self, Claim, Claimed, Owner};
@@ -60,7 +61,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         }
         Err(failure) => {
             eprintln!("ERROR: {failure}");
-            if args.sleep > 0 && !matches!(failure, Failure::Local(_)) {
+            if args.sleep > 0 && !failure.kind().is_local() {
                 tokio::time::sleep(Duration::from_secs(args.sleep)).await;
             }
             let mode = RecoveryMode::detect(std::path::Path::new("."));
@@ -186,7 +187,7 @@ async fn restore_confirmed(
     stats: &Arc<SessionStats>,
     cluster: Option<&ClusterIdentity>,
     deadline: tokio::time::Instant,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome, Error> {
     let mut local = true;
     loop {
         let outcome = run_restore(args, stats, cluster, local, deadline).await?;
@@ -200,7 +201,7 @@ async fn restore_confirmed(
                 eprintln!("WARNING: {why}: removed it; fetching it from Barman");
                 local = false;
             }
-            Err(why) => return Err(Failure::BadPayload(why)),
+            Err(why) => return Err(Error::new(ErrorKind::ForeignCluster, why)),
         }
     }
 }
@@ -275,7 +276,7 @@ async fn within_call_deadline(
     args: &RestoreArgs,
     stats: &Arc<SessionStats>,
     cluster: Option<&ClusterIdentity>,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome, Error> {
     let limit = call_limit(args);
     let deadline = tokio::time::Instant::now() + limit;
     let call = async {
@@ -291,7 +292,7 @@ async fn within_call_deadline(
             // Transfers still running on other tasks must leave no temp
             // file behind, nor start new ones: the process exits now.
             crate::shutdown::TempRegistry::remove_all();
-            Err(Failure::Connection(format!(
+            Err(Error::connection(format!(
                 "gave up on {} after {} s, the deadline of one call ({CALL_IO_TIMEOUTS} x \
                  --io-timeout): the Barman host answers too slowly or never finishes",
                 args.wal_name.escape_debug(),
@@ -301,7 +302,7 @@ async fn within_call_deadline(
     }
 }
 
-async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Failure> {
+async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Error> {
     let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
     let target = Arc::new(SshTarget::resolve(
         &args.connection.connect_options(&args.barman_host),
@@ -318,9 +319,7 @@ async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outco
     session.close().await;
     let (stdout, exit) = result.map_err(|e| match e {
         crate::ssh::OpenError::Failed(f) => f,
-        crate::ssh::OpenError::Refused => {
-            Failure::Connection("the server refused a channel".into())
-        }
+        crate::ssh::OpenError::Refused => Error::connection("the server refused a channel"),
     })?;
     std::io::stdout().write_all(&stdout).ok();
     std::io::stderr().write_all(&exit.stderr).ok();
@@ -336,7 +335,7 @@ async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outco
 /// trust is ignored rather than fatal, since nothing needs it. A spool
 /// that another caller identity holds is not used at all (see
 /// [`crate::owner`]).
-fn open_spool(args: &RestoreArgs, me: &Owner) -> Result<Option<(Spool, Claim)>, Failure> {
+fn open_spool(args: &RestoreArgs, me: &Owner) -> Result<Option<(Spool, Claim)>, Error> {
     let spool = if args.parallel > 0 {
         Spool::open(&args.spool_dir)?
     } else if args.spool_dir.is_dir() {
@@ -359,10 +358,10 @@ fn open_spool(args: &RestoreArgs, me: &Owner) -> Result<Option<(Spool, Claim)>, 
             }
             Ok(None)
         }
-        Err(e) if args.parallel > 0 => Err(Failure::Local(format!(
-            "spool {}: cannot claim it: {e}",
-            args.spool_dir.display()
-        ))),
+        Err(e) if args.parallel > 0 => Err(Error::io(
+            format!("spool {}: cannot claim it: {e}", args.spool_dir.display()),
+            e,
+        )),
         Err(_) => Ok(None),
     }
 }
@@ -377,11 +376,8 @@ struct Checked {
     _claim: Option<Claim>,
 }
 
-fn check_locally(
-    args: &RestoreArgs,
-    cluster: Option<&ClusterIdentity>,
-) -> Result<Checked, Failure> {
-    let wal = WalName::parse(&args.wal_name).map_err(|e| Failure::Local(e.to_string()))?;
+fn check_locally(args: &RestoreArgs, cluster: Option<&ClusterIdentity>) -> Result<Checked, Error> {
+    let wal = WalName::parse(&args.wal_name).map_err(|e| Error::invalid_input(e.to_string()))?;
     let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
     let dest = args.wal_dest.clone();
     spool::check_destination(&dest)?;
@@ -400,7 +396,7 @@ fn check_locally(
 
 /// History files are always asked of Barman: a timeline may have appeared
 /// since any earlier run.
-fn take_from_spool(checked: &Checked) -> Result<bool, Failure> {
+fn take_from_spool(checked: &Checked) -> Result<bool, Error> {
     match &checked.spool {
         Some(spool) if checked.wal.kind() != WalKind::History => {
             spool.take(&checked.wal, &checked.dest)
@@ -451,7 +447,7 @@ async fn run_restore(
     cluster: Option<&ClusterIdentity>,
     local: bool,
     deadline: tokio::time::Instant,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome, Error> {
     let checked = check_locally(args, cluster)?;
     if checked.wal.kind() == WalKind::History && checked.wal.timeline() == 1 {
         // PostgreSQL writes a history file only when it creates a timeline,
@@ -459,7 +455,7 @@ async fn run_restore(
         // file. PostgreSQL still asks for it at the end of every archive
         // recovery from timeline 1; answering here saves a connection and a
         // Barman start-up on that critical path.
-        return Err(Failure::NotFound(format!(
+        return Err(Error::not_found(format!(
             "WAL file '{}' cannot exist: timeline 1 has no history file",
             checked.wal
         )));
@@ -497,9 +493,7 @@ async fn run_restore(
             match handoff::ask_worker(spool, &wal, &dest, timeout).await? {
                 Handed::Delivered => return Ok(Outcome::FromWorker),
                 // With -P, the partial file of a missing segment is a direct fetch's job.
-                Handed::Missing(message) if !args.partial => {
-                    return Err(Failure::NotFound(message))
-                }
+                Handed::Missing(message) if !args.partial => return Err(Error::not_found(message)),
                 Handed::Missing(_) => {}
                 Handed::Unanswered(why) => {
                     if args.verbose {
@@ -524,7 +518,7 @@ async fn run_restore(
         &args.connection.connect_options(&args.barman_host),
     )?);
     let mut session_attempt = 1;
-    let mut broke: Option<Failure> = None;
+    let mut broke: Option<Error> = None;
     loop {
         // The first connection gets the bounded retries; a reconnect after a
         // session that broke or stalled mid-transfer gets one try, so a hung
@@ -545,11 +539,12 @@ async fn run_restore(
             // hide that a transfer was cut.
             Err(again) => {
                 return Err(match broke {
-                    Some(first) => Failure::Connection(format!(
+                    Some(first) => Error::connection(format!(
                         "{}; reconnecting failed: {}",
                         first.message(),
                         again.message()
-                    )),
+                    ))
+                    .with_source(again),
                     None => again,
                 })
             }
@@ -612,7 +607,7 @@ pub(crate) async fn connect(
     stats: &Arc<SessionStats>,
     attempts: u32,
     layout: LayoutSource,
-) -> Result<Arc<Fetcher>, Failure> {
+) -> Result<Arc<Fetcher>, Error> {
     let session = Arc::new(
         Session::connect_with_retries(target.clone(), stats.clone(), attempts, args.verbose)
             .await?,
@@ -633,11 +628,6 @@ pub(crate) async fn connect(
     Ok(fetcher)
 }
 
-fn is_disk_full(failure: &Failure) -> bool {
-    // The io::Error is rendered into the message by spool::dest_failure.
-    matches!(failure, Failure::Local(m) if m.contains("os error 28"))
-}
-
 /// How many names to ask `get-wal --peek` for: a few windows' worth, so the
 /// next misses find their names in the spool's copy of the answer and
 /// start prefetching without a peek of their own.
@@ -653,7 +643,7 @@ async fn fetch_with_prefetch(
     spool: Option<&Spool>,
     parallel: usize,
     prefetch_deadline: tokio::time::Instant,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome, Error> {
     let requested = {
         let fetcher = fetcher.clone();
         let wal = wal.clone();
@@ -695,10 +685,8 @@ async fn fetch_with_prefetch(
                 let failures = results
                     .into_iter()
                     .filter_map(|r| {
-                        r.err().map(|(wal, f)| Failure::Remote {
-                            status: f.exit_code(),
-                            message: format!("prefetch of {wal}: {f}"),
-                        })
+                        r.err()
+                            .map(|(wal, f)| f.context(format_args!("prefetch of {wal}")))
                     })
                     .collect();
                 (delivered, failures)
@@ -708,7 +696,7 @@ async fn fetch_with_prefetch(
     };
     let result = match requested.await {
         Ok(result) => result,
-        Err(e) => Err(Failure::Local(format!("transfer task failed: {e}"))),
+        Err(e) => Err(Error::local(format!("transfer task failed: {e}"))),
     };
     if result.as_ref().is_err_and(|f| f.is_transient()) {
         if let Some(task) = &prefetch {
@@ -723,7 +711,7 @@ async fn fetch_with_prefetch(
                 // Its transfers run on tasks of their own: their temp files
                 // go now, and no new one starts before the process exits.
                 crate::shutdown::TempRegistry::remove_all();
-                let late = Failure::Connection(
+                let late = Error::connection(
                     "prefetches still running at the call's deadline were abandoned".to_string(),
                 );
                 (0, vec![late])
@@ -740,7 +728,7 @@ async fn fetch_with_prefetch(
     // disk it shares with them, drop them and try once more.
     let result = match (result, spool) {
         (Err(failure), Some(spool))
-            if is_disk_full(&failure) && spool.evict_prefetched(wal) > 0 =>
+            if failure.kind() == ErrorKind::DiskFull && spool.evict_prefetched(wal) > 0 =>
         {
             if fetcher.options().verbose {
                 eprintln!("WARNING: {failure}; dropped prefetched files to make room");

@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::exit::Failure;
+use crate::error::Error;
 use crate::shutdown::TempRegistry;
 use crate::wal::{WalKind, WalName};
 
@@ -170,8 +170,11 @@ impl Spool {
     /// that another user could tamper with: a symlink, owned by someone else,
     /// or writable by group or others (the default lives in world-writable
     /// /var/tmp, where anyone could plant a file for the standby to replay).
-    pub fn open(dir: &Path) -> Result<Spool, Failure> {
-        let local = |what: String| Failure::Local(format!("spool {}: {what}", dir.display()));
+    pub fn open(dir: &Path) -> Result<Spool, Error> {
+        let refused =
+            |what: String| Error::invalid_input(format!("spool {}: {what}", dir.display()));
+        let failed =
+            |what: String, e: io::Error| Error::io(format!("spool {}: {what}", dir.display()), e);
         match fs::symlink_metadata(dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
@@ -185,33 +188,34 @@ impl Spool {
                         }
                     })
                     .map_err(|e| {
-                        local(format!(
+                        let what = format!(
                             "cannot create it ({e}); create its parent or choose another --spool-dir"
-                        ))
+                        );
+                        failed(what, e)
                     })?;
             }
-            Err(e) => return Err(local(format!("cannot inspect it: {e}"))),
+            Err(e) => return Err(failed(format!("cannot inspect it: {e}"), e)),
             Ok(_) => {}
         }
         let meta =
-            fs::symlink_metadata(dir).map_err(|e| local(format!("cannot inspect it: {e}")))?;
+            fs::symlink_metadata(dir).map_err(|e| failed(format!("cannot inspect it: {e}"), e))?;
         if meta.file_type().is_symlink() {
-            return Err(local(
+            return Err(refused(
                 "is a symlink; refusing it (point --spool-dir at a real directory)".into(),
             ));
         }
         if !meta.is_dir() {
-            return Err(local("is not a directory".into()));
+            return Err(refused("is not a directory".into()));
         }
         let euid = unsafe { libc::geteuid() };
         if meta.uid() != euid {
-            return Err(local(format!(
+            return Err(refused(format!(
                 "is owned by uid {}, not by us (uid {euid}); use a spool of our own with --spool-dir",
                 meta.uid()
             )));
         }
         if meta.permissions().mode() & 0o022 != 0 {
-            return Err(local(format!(
+            return Err(refused(format!(
                 "is writable by group or others (mode {:o}); fix with: chmod go-w {}",
                 meta.permissions().mode() & 0o777,
                 dir.display()
@@ -237,7 +241,7 @@ impl Spool {
 
     /// Moves a spooled file to `dest` if it is there. `Ok(false)` is a miss,
     /// including the race where another invocation took it first.
-    pub fn take(&self, wal: &WalName, dest: &Path) -> Result<bool, Failure> {
+    pub fn take(&self, wal: &WalName, dest: &Path) -> Result<bool, Error> {
         let src = self.path_of(wal);
         // The spooled file was synced when it was written; see
         // TempFile::commit for why the directories are not.
@@ -245,29 +249,23 @@ impl Spool {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => self.copy_across(&src, wal, dest),
-            Err(e) => Err(dest_failure(dest, &e)),
+            Err(e) => Err(dest_failure(dest, e)),
         }
     }
 
     /// A spool on another filesystem than WAL_DEST: copy to a temp name
     /// beside WAL_DEST, sync, rename, then drop the spool copy.
-    fn copy_across(&self, src: &Path, wal: &WalName, dest: &Path) -> Result<bool, Failure> {
+    fn copy_across(&self, src: &Path, wal: &WalName, dest: &Path) -> Result<bool, Error> {
         let mut input = match File::open(src) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => {
-                return Err(Failure::Local(format!(
-                    "cannot read {}: {e}",
-                    src.display()
-                )))
-            }
+            Err(e) => return Err(Error::io(format!("cannot read {}: {e}", src.display()), e)),
         };
         let dir = parent_dir(dest);
         let (temp, mut out) =
-            TempFile::create_in(dir, wal.as_str()).map_err(|e| dest_failure(dest, &e))?;
-        io::copy(&mut input, &mut out).map_err(|e| dest_failure(dest, &e))?;
-        temp.commit(&out, dest)
-            .map_err(|e| dest_failure(dest, &e))?;
+            TempFile::create_in(dir, wal.as_str()).map_err(|e| dest_failure(dest, e))?;
+        io::copy(&mut input, &mut out).map_err(|e| dest_failure(dest, e))?;
+        temp.commit(&out, dest).map_err(|e| dest_failure(dest, e))?;
         let _ = fs::remove_file(src);
         Ok(true)
     }
@@ -364,25 +362,27 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// The Python original's wording for an unwritable WAL_DEST.
-pub fn dest_failure(dest: &Path, e: &io::Error) -> Failure {
-    Failure::Local(format!(
+/// The Python original's wording for an unwritable WAL_DEST; a full disk
+/// is told by its kind.
+pub fn dest_failure(dest: &Path, e: io::Error) -> Error {
+    let message = format!(
         "Cannot open '{}' (WAL_DEST) for writing: {e}",
         dest.display()
-    ))
+    );
+    Error::io(message, e)
 }
 
 /// Checks WAL_DEST before any work: not a directory, parent present.
-pub fn check_destination(dest: &Path) -> Result<(), Failure> {
+pub fn check_destination(dest: &Path) -> Result<(), Error> {
     if dest.is_dir() {
-        return Err(Failure::Local(format!(
+        return Err(Error::invalid_input(format!(
             "WAL_DEST cannot be a directory: {}",
             dest.display()
         )));
     }
     let dir = parent_dir(dest);
     if !dir.is_dir() {
-        return Err(Failure::Local(format!(
+        return Err(Error::invalid_input(format!(
             "Cannot open '{}' (WAL_DEST) for writing: directory {} does not exist",
             dest.display(),
             dir.display()

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::cli::RestoreArgs;
-use crate::exit::{self, Failure, RecoveryMode};
+use crate::error::{Error, ErrorKind};
+use crate::exit::{self, RecoveryMode};
 use crate::fetch::{Delivered, Fetcher};
 use crate::handoff::{self, Answer, Request};
 use crate::owner::{self, Claimed, Owner};
@@ -91,8 +92,8 @@ pub fn detach(args: &mut RestoreArgs) {
 /// What a background job reports.
 enum Done {
     /// A transfer and when it started.
-    Transfer(WalName, Instant, Result<Delivered, Failure>),
-    Peek(WalName, usize, Result<Vec<WalName>, Failure>),
+    Transfer(WalName, Instant, Result<Delivered, Error>),
+    Peek(WalName, usize, Result<Vec<WalName>, Error>),
 }
 
 struct Worker<'a> {
@@ -652,8 +653,9 @@ impl Worker<'_> {
                         self.delivered.insert(wal);
                     }
                     Err(failure) => {
-                        if let Failure::NotFound(message) = &failure {
-                            self.missing.insert(wal.clone(), (started, message.clone()));
+                        if failure.kind() == ErrorKind::NotFound {
+                            let message = failure.message().to_string();
+                            self.missing.insert(wal.clone(), (started, message));
                             self.probe_cost = started.elapsed();
                         }
                         self.transfer_failed(wal, failure)
@@ -685,17 +687,17 @@ impl Worker<'_> {
         }
     }
 
-    fn transfer_failed(&mut self, wal: WalName, failure: Failure) {
+    fn transfer_failed(&mut self, wal: WalName, failure: Error) {
         let waiting = self.waiting_for(&wal);
         // A prefetch nobody waits for is worth a line unless it is a "not
         // found": past the archive's head, that is the expected answer.
-        let unexpected = waiting.is_empty() && !matches!(failure, Failure::NotFound(_));
+        let unexpected = waiting.is_empty() && failure.kind() != ErrorKind::NotFound;
         if unexpected || self.args.verbose {
             log(&format!("{wal}: {failure}"));
         }
-        let answer = match &failure {
-            Failure::NotFound(message) => Answer::Missing(message.clone()),
-            other => Answer::Failed(other.to_string()),
+        let answer = match failure.kind() {
+            ErrorKind::NotFound => Answer::Missing(failure.message().to_string()),
+            _ => Answer::Failed(failure.to_string()),
         };
         for token in waiting {
             self.settle(&token, answer.clone());

@@ -3,6 +3,7 @@
 //! the library; everything else lives there.
 
 use barman_wal_restore::config_file::{self, Resolution};
+use barman_wal_restore::error::{Error, ErrorKind};
 use barman_wal_restore::{exit, restore, shutdown, worker};
 
 fn main() {
@@ -14,10 +15,7 @@ fn main() {
             print!("{text}");
             std::process::exit(exit::SUCCESS);
         }
-        Err(e) => {
-            eprintln!("ERROR: {e}");
-            std::process::exit(exit::CONNECTION);
-        }
+        Err(e) => fail(Error::new(ErrorKind::Usage, e.0)),
     };
     if args.async_worker {
         worker::detach(&mut args);
@@ -33,10 +31,7 @@ fn main() {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("ERROR: cannot start the async runtime: {e}");
-            std::process::exit(exit::LOCAL);
-        }
+        Err(e) => fail(Error::io(format!("cannot start the async runtime: {e}"), e)),
     };
     let code = runtime.block_on(async {
         shutdown::exit_on_signals();
@@ -49,4 +44,10 @@ fn main() {
     // Leave without waiting for blocking threads: every transfer has ended.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     std::process::exit(code);
+}
+
+/// One `ERROR:` line and the status [`exit`] gives the failure.
+fn fail(failure: Error) -> ! {
+    eprintln!("ERROR: {failure}");
+    std::process::exit(failure.exit_code());
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::exit::Failure;
+use crate::error::{Error, ErrorKind};
 
 /// One `ssh -G` answer: every `key value` line, keys lowercased, in order
 /// (keys such as `identityfile` repeat).
@@ -282,11 +282,7 @@ pub const SSH_G_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs `ssh -vvv -G` for `query` (or with `-F /dev/null` for the
 /// defaults): the resolution and where it came from.
-pub fn ssh_g(
-    program: &Path,
-    query: &Query,
-    defaults: bool,
-) -> Result<(Resolved, Applied), Failure> {
+pub fn ssh_g(program: &Path, query: &Query, defaults: bool) -> Result<(Resolved, Applied), Error> {
     let mut command = Command::new(program);
     command.arg("-G").arg("-vvv");
     if defaults {
@@ -310,13 +306,14 @@ pub fn ssh_g(
     command.stdin(Stdio::null());
     let output = output_within(&mut command, SSH_G_LIMIT)
         .map_err(|e| {
-            Failure::Local(format!(
+            let message = format!(
                 "cannot run {} -G to read ssh_config: {e}",
                 program.display()
-            ))
+            );
+            Error::io(message, e)
         })?
         .ok_or_else(|| {
-            Failure::Local(format!(
+            Error::invalid_input(format!(
                 "{} -G did not resolve ssh_config for {} within {} s (a Match exec that hangs?)",
                 program.display(),
                 query.host,
@@ -332,7 +329,7 @@ pub fn ssh_g(
             .filter(|l| !l.starts_with("Pseudo-terminal"))
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(Failure::Local(format!(
+        return Err(Error::invalid_input(format!(
             "OpenSSH refuses the ssh_config for {}: {}",
             query.host,
             if why.is_empty() {
@@ -476,7 +473,7 @@ pub fn handling(key: &str) -> Handling {
 
 /// The first directive that would change where we connect, who we are or
 /// what we trust and that we do not implement, as one error line.
-pub fn refusal(resolved: &Resolved, defaults: &Resolved, applied: &Applied) -> Option<Failure> {
+pub fn refusal(resolved: &Resolved, defaults: &Resolved, applied: &Applied) -> Option<Error> {
     let defaults = defaults.grouped();
     for (key, values) in resolved.grouped() {
         if handling(key) != Handling::RefusedUnlessDefault {
@@ -489,12 +486,15 @@ pub fn refusal(resolved: &Resolved, defaults: &Resolved, applied: &Applied) -> O
             Some((file, line)) => format!("{}:{line}", file.display()),
             None => "ssh_config (see `ssh -G`)".to_string(),
         };
-        return Some(Failure::Connection(format!(
-            "{location}: {} {} is not supported by barman-wal-restore (it would change where \
+        return Some(Error::new(
+            ErrorKind::ConfigRefused,
+            format!(
+                "{location}: {} {} is not supported by barman-wal-restore (it would change where \
              we connect, who we are or what we trust); remove it for this host, nothing was run",
-            directive_name(key),
-            values.join(" ")
-        )));
+                directive_name(key),
+                values.join(" ")
+            ),
+        ));
     }
     None
 }

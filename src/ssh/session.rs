@@ -26,8 +26,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use super::known_hosts::{self, HostKeyVerdict};
 use super::target::{AddressFamily, Agent, HostKeyPolicy, Proxy, SshTarget};
-use crate::exit::Failure;
-use crate::remote::RemoteExit;
+use crate::error::{Error, ErrorKind};
 
 /// Counters a benchmark or test reads to prove what a call did.
 #[derive(Debug, Default)]
@@ -188,7 +187,7 @@ pub enum OpenError {
     /// try again when one of ours has closed.
     Refused,
     /// The session is gone.
-    Failed(Failure),
+    Failed(Error),
 }
 
 /// Our preference among `offered` (speed first: AES-GCM with AES-NI beats
@@ -276,7 +275,7 @@ fn host_key_preference(target: &SshTarget) -> (Vec<Algorithm>, Vec<Algorithm>) {
     (first, certificates)
 }
 
-fn client_config(target: &SshTarget) -> Result<client::Config, Failure> {
+fn client_config(target: &SshTarget) -> Result<client::Config, Error> {
     let ciphers = allowed(
         &[
             russh::cipher::AES_256_GCM,
@@ -304,7 +303,7 @@ fn client_config(target: &SshTarget) -> Result<client::Config, Failure> {
     let macs = allowed(&Preferred::DEFAULT.mac, &target.macs);
     let (key, host_key_certificates) = host_key_preference(target);
     let none_of = |what: &str, list: &[String]| {
-        Failure::Local(format!(
+        Error::invalid_input(format!(
             "ssh_config for {}: none of {what} {} is supported here",
             target.alias,
             list.join(",")
@@ -352,11 +351,11 @@ impl Session {
     pub async fn connect(
         target: Arc<SshTarget>,
         stats: Arc<SessionStats>,
-    ) -> Result<Session, Failure> {
+    ) -> Result<Session, Error> {
         let deadline = target.connect_timeout;
         match tokio::time::timeout(deadline, Session::connect_inner(target.clone(), stats)).await {
             Ok(result) => result,
-            Err(_) => Err(Failure::Connection(format!(
+            Err(_) => Err(Error::connection(format!(
                 "connection to {} timed out after {} s (--connect-timeout)",
                 target.display(),
                 deadline.as_secs_f32()
@@ -372,13 +371,13 @@ impl Session {
         stats: Arc<SessionStats>,
         attempts: u32,
         verbose: bool,
-    ) -> Result<Session, Failure> {
+    ) -> Result<Session, Error> {
         let mut pause = Duration::from_millis(250);
         let mut attempt = 1;
         loop {
             match Session::connect(target.clone(), stats.clone()).await {
                 Ok(session) => return Ok(session),
-                Err(e) if attempt >= attempts || !is_retryable(&e) => return Err(e),
+                Err(e) if attempt >= attempts || !e.kind().is_retryable() => return Err(e),
                 Err(e) => {
                     if verbose {
                         eprintln!(
@@ -399,7 +398,7 @@ impl Session {
     fn connect_inner(
         target: Arc<SshTarget>,
         stats: Arc<SessionStats>,
-    ) -> Pin<Box<dyn Future<Output = Result<Session, Failure>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Session, Error>> + Send>> {
         Box::pin(async move {
             let where_ = target.display();
             let config = Arc::new(client_config(&target)?);
@@ -424,12 +423,17 @@ impl Session {
                         )
                         .await
                         .map_err(|e| {
-                            Failure::Connection(format!(
-                                "jump host {} cannot reach {}:{}: {e}",
-                                hop.display(),
-                                target.host_name,
-                                target.port
-                            ))
+                            let kind = transport_kind(&e);
+                            Error::new(
+                                kind,
+                                format!(
+                                    "jump host {} cannot reach {}:{}: {e}",
+                                    hop.display(),
+                                    target.host_name,
+                                    target.port
+                                ),
+                            )
+                            .with_source(e)
                         })?;
                     carriers.push(Carrier::Hop(Box::new(hop_session)));
                     Box::new(channel.into_stream())
@@ -448,10 +452,12 @@ impl Session {
                 Err(e) => {
                     let refused = refusal.lock().unwrap().take();
                     return Err(match refused {
-                        Some(why) => Failure::Connection(why),
-                        None => {
-                            Failure::Connection(format!("SSH handshake with {where_} failed: {e}"))
-                        }
+                        Some(why) => Error::new(ErrorKind::HostKeyRejected, why),
+                        None => Error::new(
+                            transport_kind(&e),
+                            format!("SSH handshake with {where_} failed: {e}"),
+                        )
+                        .with_source(e),
                     });
                 }
             };
@@ -494,13 +500,13 @@ impl Session {
                 return Err(OpenError::Refused);
             }
             Ok(Err(e)) => {
-                return Err(OpenError::Failed(Failure::Connection(format!(
+                return Err(OpenError::Failed(Error::connection(format!(
                     "cannot open a channel to {}: {e}",
                     self.target.display()
                 ))));
             }
             Err(_) => {
-                return Err(OpenError::Failed(Failure::Connection(format!(
+                return Err(OpenError::Failed(Error::connection(format!(
                     "{} did not answer a channel open within {} s",
                     self.target.display(),
                     self.target.io_timeout.as_secs()
@@ -509,7 +515,7 @@ impl Session {
         };
         self.stats.channels_opened.fetch_add(1, Ordering::Relaxed);
         channel.exec(true, command).await.map_err(|e| {
-            OpenError::Failed(Failure::Connection(format!(
+            OpenError::Failed(Error::connection(format!(
                 "cannot start a command on {}: {e}",
                 self.target.display()
             )))
@@ -545,20 +551,32 @@ impl Session {
     }
 }
 
-fn is_retryable(failure: &Failure) -> bool {
-    let message = failure.message();
-    failure.is_transient()
-        && !message.contains("host key")
-        && !message.contains("HOST KEY")
-        && !message.contains("Permission denied")
+/// How a failure to reach the host is classified: EACCES is this
+/// system's policy (a firewall rule, SELinux), which waiting does not
+/// change; refused, unreachable, reset or timed out may pass.
+fn connect_kind(e: &std::io::Error) -> ErrorKind {
+    if e.raw_os_error() == Some(libc::EACCES) {
+        ErrorKind::ConnectForbidden
+    } else {
+        ErrorKind::Connection
+    }
+}
+
+/// The same for a transport failure that russh reports.
+fn transport_kind(e: &russh::Error) -> ErrorKind {
+    match e {
+        russh::Error::IO(io) => connect_kind(io),
+        _ => ErrorKind::Connection,
+    }
 }
 
 /// TCP to the host, honouring `AddressFamily` and `BindAddress`: each
 /// address of the host in turn, as OpenSSH tries them.
-async fn tcp_connect(target: &SshTarget) -> Result<TcpStream, Failure> {
+async fn tcp_connect(target: &SshTarget) -> Result<TcpStream, Error> {
     let where_ = target.display();
-    let failed =
-        |e: std::io::Error| Failure::Connection(format!("cannot connect to {where_}: {e}"));
+    let failed = |e: std::io::Error| {
+        Error::new(connect_kind(&e), format!("cannot connect to {where_}: {e}")).with_source(e)
+    };
     let family_ok = |a: &SocketAddr| match target.address_family {
         AddressFamily::Any => true,
         AddressFamily::Inet => a.is_ipv4(),
@@ -574,7 +592,7 @@ async fn tcp_connect(target: &SshTarget) -> Result<TcpStream, Failure> {
         None => Vec::new(),
         Some(name) => tokio::net::lookup_host((name.as_str(), 0))
             .await
-            .map_err(|e| Failure::Local(format!("ssh_config BindAddress {name}: {e}")))?
+            .map_err(|e| Error::invalid_input(format!("ssh_config BindAddress {name}: {e}")))?
             .map(|a| a.ip())
             .collect(),
     };
@@ -613,7 +631,7 @@ async fn tcp_connect(target: &SshTarget) -> Result<TcpStream, Failure> {
 fn spawn_proxy_command(
     command: &str,
     where_: &str,
-) -> Result<(tokio::process::Child, impl Transport), Failure> {
+) -> Result<(tokio::process::Child, impl Transport), Error> {
     let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(format!("exec {command}"))
@@ -622,9 +640,12 @@ fn spawn_proxy_command(
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Failure::Connection(format!("cannot start ProxyCommand for {where_}: {e}")))?;
+        .map_err(|e| {
+            let message = format!("cannot start ProxyCommand for {where_}: {e}");
+            Error::new(connect_kind(&e), message).with_source(e)
+        })?;
     let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
-        return Err(Failure::Connection(format!(
+        return Err(Error::connection(format!(
             "ProxyCommand for {where_} has no stdio"
         )));
     };
@@ -679,10 +700,7 @@ async fn connect_agent(agent: &Agent) -> Option<AgentClient<tokio::net::UnixStre
 /// Agent keys, then identity files, each with its certificates first, as
 /// OpenSSH tries them; `IdentitiesOnly` keeps to the agent keys that are
 /// identity files.
-async fn authenticate(
-    handle: &mut Handle<ClientHandler>,
-    target: &SshTarget,
-) -> Result<(), Failure> {
+async fn authenticate(handle: &mut Handle<ClientHandler>, target: &SshTarget) -> Result<(), Error> {
     let user = target.user.clone();
     let rsa_hash = handle
         .best_supported_rsa_hash()
@@ -742,10 +760,8 @@ async fn authenticate(
 
     // A transport error while offering a key: no other key would fare better.
     let refused = |e: russh::Error| {
-        Failure::Connection(format!(
-            "authentication to {} failed: {e}",
-            target.display()
-        ))
+        let message = format!("authentication to {} failed: {e}", target.display());
+        Error::new(transport_kind(&e), message).with_source(e)
     };
     let mut problems = Vec::new();
     for path in &target.identities {
@@ -802,13 +818,26 @@ async fn authenticate(
     } else {
         format!("; {}", problems.join("; "))
     };
-    Err(Failure::Connection(format!(
-        "Permission denied (publickey) for {}: {tried}{problems}; add the public key to \
+    Err(Error::new(
+        ErrorKind::AuthRefused,
+        format!(
+            "Permission denied (publickey) for {}: {tried}{problems}; add the public key to \
          ~{}/.ssh/authorized_keys on {} or choose a key with -i",
-        target.display(),
-        target.user,
-        target.host_name
-    )))
+            target.display(),
+            target.user,
+            target.host_name
+        ),
+    ))
+}
+
+/// How a remote command ended, as sshd reported it. What a status means
+/// is the remote program's business: Barman's in [`crate::remote`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteExit {
+    /// `None` when the channel closed without an exit status.
+    pub status: Option<u32>,
+    pub signal: Option<String>,
+    pub stderr: Vec<u8>,
 }
 
 /// A running remote command: its stdout as a stream of chunks, its stderr
@@ -826,12 +855,12 @@ const STDERR_LIMIT: usize = 64 << 10;
 impl ExecChannel {
     /// The next chunk of stdout, or `None` once the channel has closed.
     /// Fails when nothing at all arrives for the idle timeout.
-    pub async fn next_stdout(&mut self) -> Result<Option<Bytes>, Failure> {
+    pub async fn next_stdout(&mut self) -> Result<Option<Bytes>, Error> {
         loop {
             let msg = match tokio::time::timeout(self.idle, self.channel.wait()).await {
                 Ok(msg) => msg,
                 Err(_) => {
-                    return Err(Failure::Connection(format!(
+                    return Err(Error::connection(format!(
                         "no data from {} for {} s (--io-timeout)",
                         self.host,
                         self.idle.as_secs()
@@ -868,5 +897,27 @@ impl ExecChannel {
     /// the slot and stops sending.
     pub async fn abandon(self) {
         let _ = self.channel.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_this_system_forbids_is_not_retried() {
+        let forbidden = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(connect_kind(&forbidden), ErrorKind::ConnectForbidden);
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(connect_kind(&refused), ErrorKind::Connection);
+        let through_russh = russh::Error::IO(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(transport_kind(&through_russh), ErrorKind::ConnectForbidden);
+        assert_eq!(
+            transport_kind(&russh::Error::Disconnect),
+            ErrorKind::Connection
+        );
+        // Its words alone decide nothing.
+        let said = std::io::Error::other("Permission denied");
+        assert!(connect_kind(&said).is_retryable());
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::config::{self, Applied, Query, Resolved, Tokens};
-use crate::exit::Failure;
+use crate::error::Error;
 
 /// What `StrictHostKeyChecking` asks for an unknown host. A changed key is
 /// refused whatever it says (OpenSSH lets `no` through with a warning; a
@@ -164,11 +164,11 @@ impl SshTarget {
     /// Resolves the target: flags win over ssh_config (read by OpenSSH's
     /// `ssh -G`), which wins over the defaults (user `barman`, port 22,
     /// OpenSSH's identities and known_hosts files, strict host keys).
-    pub fn resolve(opts: &ConnectOptions) -> Result<SshTarget, Failure> {
+    pub fn resolve(opts: &ConnectOptions) -> Result<SshTarget, Error> {
         let local = Local::current();
         if let Some(file) = &opts.ssh_config {
             if !file.exists() {
-                return Err(Failure::Local(format!(
+                return Err(Error::invalid_input(format!(
                     "ssh config {} does not exist",
                     file.display()
                 )));
@@ -177,7 +177,7 @@ impl SshTarget {
         let Some(program) = config::ssh_program() else {
             return SshTarget::resolve_without_ssh(opts, &local);
         };
-        let resolver = |query: &Query| -> Result<Resolution, Failure> {
+        let resolver = |query: &Query| -> Result<Resolution, Error> {
             // With -F /dev/null the resolution is the defaults: one run less.
             if query.config_file.as_deref() == Some(std::path::Path::new("/dev/null")) {
                 let (resolved, applied) = config::ssh_g(&program, query, false)?;
@@ -195,7 +195,7 @@ impl SshTarget {
             });
             let (resolved, applied) = ours?;
             let defaults = defaults
-                .map_err(|_| Failure::Local("ssh -G -F /dev/null panicked".into()))??
+                .map_err(|_| Error::local("ssh -G -F /dev/null panicked"))??
                 .0;
             Ok(Resolution {
                 resolved,
@@ -211,8 +211,8 @@ impl SshTarget {
     pub fn resolve_with(
         opts: &ConnectOptions,
         local: &Local,
-        resolver: &dyn Fn(&Query) -> Result<Resolution, Failure>,
-    ) -> Result<SshTarget, Failure> {
+        resolver: &dyn Fn(&Query) -> Result<Resolution, Error>,
+    ) -> Result<SshTarget, Error> {
         let mut query = Query {
             host: opts.host.clone(),
             user: opts.user.clone(),
@@ -236,7 +236,7 @@ impl SshTarget {
 
     /// No `ssh` to read ssh_config with: the flags and the defaults are
     /// all there is, and that is only right when there is no config file.
-    fn resolve_without_ssh(opts: &ConnectOptions, local: &Local) -> Result<SshTarget, Failure> {
+    fn resolve_without_ssh(opts: &ConnectOptions, local: &Local) -> Result<SshTarget, Error> {
         let candidates: Vec<PathBuf> = match &opts.ssh_config {
             Some(file) => vec![file.clone()],
             None => local
@@ -250,7 +250,7 @@ impl SshTarget {
             .iter()
             .find(|f| f.as_path() != std::path::Path::new("/dev/null") && f.exists())
         {
-            return Err(Failure::Local(format!(
+            return Err(Error::invalid_input(format!(
                 "{} exists but OpenSSH's ssh is not installed to read it (barman-wal-restore \
                  resolves ssh_config with `ssh -G`): install the OpenSSH client, or pass \
                  -F /dev/null to use only the command line",
@@ -404,8 +404,8 @@ fn seconds(value: Option<&str>) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-fn bad(key: &str, value: &str) -> Failure {
-    Failure::Local(format!(
+fn bad(key: &str, value: &str) -> Error {
+    Error::invalid_input(format!(
         "ssh_config: cannot read {key} '{value}' as resolved by ssh -G"
     ))
 }
@@ -416,7 +416,7 @@ pub fn map(
     resolution: &Resolution,
     opts: &ConnectOptions,
     local: &Local,
-) -> Result<SshTarget, Failure> {
+) -> Result<SshTarget, Error> {
     let r = &resolution.resolved;
     if let Some(refused) = config::refusal(r, &resolution.defaults, &resolution.applied) {
         return Err(refused);
@@ -450,11 +450,11 @@ pub fn map(
         remote_user: user.clone(),
         host_key_alias: host_key_alias.clone().unwrap_or_else(|| opts.host.clone()),
     };
-    let expand = |key: &str, raw: &str| -> Result<PathBuf, Failure> {
+    let expand = |key: &str, raw: &str| -> Result<PathBuf, Error> {
         tokens
             .expand_path(raw)
             .map(PathBuf::from)
-            .map_err(|why| Failure::Local(format!("ssh_config {key}: {why}")))
+            .map_err(|why| Error::invalid_input(format!("ssh_config {key}: {why}")))
     };
 
     let (identities, identities_explicit) = if !opts.identities.is_empty() {
@@ -551,8 +551,8 @@ pub fn map(
 }
 
 /// `[user@]host[:port]`, `ssh://[user@]host[:port]`, or `[v6]:port`.
-pub fn parse_jump(spec: &str) -> Result<(Option<String>, String, Option<u16>), Failure> {
-    let bad = || Failure::Local(format!("ssh_config: cannot read ProxyJump host '{spec}'"));
+pub fn parse_jump(spec: &str) -> Result<(Option<String>, String, Option<u16>), Error> {
+    let bad = || Error::invalid_input(format!("ssh_config: cannot read ProxyJump host '{spec}'"));
     let rest = spec.strip_prefix("ssh://").unwrap_or(spec);
     let (user, rest) = match rest.rsplit_once('@') {
         Some((user, rest)) => (Some(user.to_string()), rest),
@@ -587,9 +587,9 @@ fn resolve_proxy(
     target: &SshTarget,
     opts: &ConnectOptions,
     local: &Local,
-    resolver: &dyn Fn(&Query) -> Result<Resolution, Failure>,
+    resolver: &dyn Fn(&Query) -> Result<Resolution, Error>,
     depth: usize,
-) -> Result<Proxy, Failure> {
+) -> Result<Proxy, Error> {
     let r = &resolution.resolved;
     let tokens = Tokens {
         host: target.host_name.clone(),
@@ -598,7 +598,7 @@ fn resolve_proxy(
         remote_user: target.user.clone(),
         ..Tokens::default()
     };
-    let proxy_failure = |why: String| Failure::Local(format!("ssh_config: {why}"));
+    let proxy_failure = |why: String| Error::invalid_input(format!("ssh_config: {why}"));
     if let Some(command) = r
         .first("proxycommand")
         .filter(|c| !c.eq_ignore_ascii_case("none"))
@@ -616,7 +616,7 @@ fn resolve_proxy(
     let mut via = Proxy::Direct;
     let hops: Vec<&str> = jump.split(',').collect();
     if depth + hops.len() > MAX_HOPS {
-        return Err(Failure::Local(format!(
+        return Err(Error::invalid_input(format!(
             "ssh_config: ProxyJump chain for {} is deeper than {MAX_HOPS} hops (a loop?)",
             opts.host
         )));
