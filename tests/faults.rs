@@ -710,6 +710,71 @@ fn a_disk_that_fills_mid_transfer() {
     drop(tmpfs);
 }
 
+/// The requested file does not fit because segments prefetched earlier
+/// fill the disk: the call drops those (they can be fetched again) and
+/// writes the requested file in their room: exit 0, not 3. What tells the
+/// call that the disk is full is the OS's ENOSPC, whatever the message says.
+#[test]
+fn a_full_disk_makes_room_by_dropping_prefetched_segments() {
+    let work = Work::new();
+    let tmpfs = match Tmpfs::mount(work.path(), "4m") {
+        Ok(tmpfs) => tmpfs,
+        Err(why) => {
+            assert!(
+                !is_root() && !in_ci(),
+                "cannot mount a tmpfs as root or in CI: {why}"
+            );
+            eprintln!(
+                "SKIPPED a_full_disk_makes_room_by_dropping_prefetched_segments: \
+                 cannot mount a tmpfs ({why})"
+            );
+            return;
+        }
+    };
+    let pg_wal = tmpfs.dir.join("pg_wal");
+    fs::create_dir(&pg_wal).unwrap();
+    let spool = tmpfs.dir.join("spool");
+    let dest = pg_wal.join(DEST_NAME);
+    let barman = server(spec(StoredCompression::None, 4));
+    let archive = barman.archive();
+    // A call that prefetched the next two segments; PostgreSQL took the
+    // file, then asks for it again (a restarted recovery) while the rest of
+    // the disk has filled but for half a segment.
+    let call = Call::new(&barman, &work).set("--spool-dir", &spool);
+    call.clone()
+        .args(["-p", "3"])
+        .run(&seg(0), &dest)
+        .assert_code(0);
+    assert_eq!(names(&spool), [seg(1), seg(2)]);
+    fs::remove_file(&dest).unwrap();
+    let free = free_bytes(&tmpfs.dir);
+    fs::write(
+        tmpfs.dir.join("filler"),
+        vec![0u8; (free - SEGMENT_SIZE / 2) as usize],
+    )
+    .unwrap();
+
+    let out = call.args(["-p", "1", "-v"]).run(&seg(0), &dest);
+    out.assert_code(0);
+    assert_delivered(archive, &dest, &seg(0));
+    assert!(
+        out.stderr.contains("dropped prefetched files to make room"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        names(&spool),
+        Vec::<String>::new(),
+        "the prefetches made room"
+    );
+    assert_clean(&pg_wal, archive, Some((&dest, &seg(0))));
+    eprintln!(
+        "FAULT-MATRIX | half a segment free, two prefetched segments in the spool | 1 iterations \
+         | exit 0: 1 | prefetches dropped, the requested file delivered"
+    );
+    drop(tmpfs);
+}
+
 /// Bytes free on the filesystem holding `dir`.
 fn free_bytes(dir: &Path) -> u64 {
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
