@@ -33,6 +33,8 @@ mod common;
 mod checks;
 #[path = "real_stack/cluster.rs"]
 mod cluster;
+#[path = "real_stack/debian_barman.rs"]
+mod debian_barman;
 #[path = "real_stack/run.rs"]
 mod run;
 #[path = "real_stack/sequence.rs"]
@@ -165,6 +167,7 @@ fn trials() -> Vec<Named> {
         ),
     ]);
     list.extend(oracle::compression_matrix());
+    list.extend(debian_barman::trials());
     list.extend(fetch::server_recompress_trials());
     list.extend([
         Named::new("cli::test_flag", cli::test_flag),

@@ -17,6 +17,10 @@ pub enum Tool<'a> {
     /// Ours with the key of a forced-command account.
     OursKeyed(&'a Path),
     Oracle,
+    /// Ours against Debian's Barman 3.4.0 (sshd "debian").
+    OursDebian,
+    /// Debian's Python barman-wal-restore 3.4.0 against Debian's Barman.
+    DebianOracle,
 }
 
 /// Call the tool once per name, in order, as PostgreSQL would (fresh spool for the run), and
@@ -45,6 +49,8 @@ pub fn fetch_sequence(
             Tool::Ours => st.ours(cfg, &all_opts, name, DEST, work),
             Tool::OursKeyed(key) => st.ours_keyed(key, cfg, &all_opts, name, DEST, work),
             Tool::Oracle => st.oracle(cfg, &all_opts, name, DEST, work),
+            Tool::OursDebian => st.ours_debian(cfg, &all_opts, name, DEST, work),
+            Tool::DebianOracle => st.debian_oracle(cfg, &all_opts, name, DEST, work),
         };
         let out = run(&mut cmd, CALL_TIMEOUT)?;
         write!(timings, " {:.0?}", out.elapsed).ok();
@@ -53,10 +59,11 @@ pub fn fetch_sequence(
         compare_file(&dest, &orig.join(name))?;
     }
     let _ = fs::remove_file(&dest);
-    if tool != Tool::Oracle {
+    if !matches!(tool, Tool::Oracle | Tool::DebianOracle) {
         if let Some(m) = missing_after {
             let mut cmd = match tool {
                 Tool::OursKeyed(key) => st.ours_keyed(key, cfg, &all_opts, m, DEST, work),
+                Tool::OursDebian => st.ours_debian(cfg, &all_opts, m, DEST, work),
                 _ => st.ours(cfg, &all_opts, m, DEST, work),
             };
             let out = run(&mut cmd, CALL_TIMEOUT)?;

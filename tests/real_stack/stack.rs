@@ -294,21 +294,58 @@ impl Stack {
     }
     /// The Python reference, shelling out to `ssh` = wrapper with the stack's ssh_config.
     pub fn oracle(&self, cfg: &str, opts: &[&str], wal: &str, dest: &str, cwd: &Path) -> Command {
-        let mut c = Command::new(self.get("ORACLE"));
+        self.oracle_at("ORACLE", "ORACLE_SSH_PORT", cfg, opts, wal, dest, cwd)
+    }
+    /// Debian's Python barman-wal-restore 3.4.0 against Debian's Barman 3.4.0 (sshd "debian").
+    pub fn debian_oracle(
+        &self,
+        cfg: &str,
+        opts: &[&str],
+        wal: &str,
+        dest: &str,
+        cwd: &Path,
+    ) -> Command {
+        self.oracle_at(
+            "DEBIAN_ORACLE",
+            "DEBIAN_SSH_PORT",
+            cfg,
+            opts,
+            wal,
+            dest,
+            cwd,
+        )
+    }
+    /// Ours against Debian's Barman 3.4.0.
+    pub fn ours_debian(
+        &self,
+        cfg: &str,
+        opts: &[&str],
+        wal: &str,
+        dest: &str,
+        cwd: &Path,
+    ) -> Command {
+        self.ours_to(self.get("DEBIAN_SSH_PORT"), cfg, opts, wal, dest, cwd)
+    }
+    /// The Python `program` (a stack.env key) against the sshd on port `port` (a key).
+    #[allow(clippy::too_many_arguments)]
+    fn oracle_at(
+        &self,
+        program: &str,
+        port: &str,
+        cfg: &str,
+        opts: &[&str],
+        wal: &str,
+        dest: &str,
+        cwd: &Path,
+    ) -> Command {
+        let mut c = Command::new(self.get(program));
         c.current_dir(cwd).env(
             "PATH",
             format!("{}:/usr/bin:/bin", self.get("SSH_WRAPPER_DIR")),
         );
-        c.args([
-            "-U",
-            "barman",
-            "--port",
-            self.get("ORACLE_SSH_PORT"),
-            "-c",
-            cfg,
-        ])
-        .args(opts)
-        .args([HOST, SERVER, wal, dest]);
+        c.args(["-U", "barman", "--port", self.get(port), "-c", cfg])
+            .args(opts)
+            .args([HOST, SERVER, wal, dest]);
         c
     }
     /// Command line for PostgreSQL's restore_command (run by postgres: its own key copy).
