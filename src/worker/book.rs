@@ -288,6 +288,10 @@ mod tests {
         book.failed(&seg(6), t0 + ms(300), miss(t0));
         book.ask("a".into(), seg(6), false, t0 + ms(400));
         book.check();
+        assert!(
+            !book.backing_off(&seg(6), t0 + ms(400)),
+            "a call asking ends the pause"
+        );
         let due = book.due(t0 + MISS_REUSE - ms(1), nowhere);
         assert_eq!(due.missing, vec![("a".into(), "not found".into())]);
         assert!(due.starts.is_empty());

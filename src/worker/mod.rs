@@ -13,6 +13,11 @@
 //! `--async-idle` seconds without a request or a hit, when its spool
 //! disappears, or soon after a caller of another identity asked for the
 //! spool (see [`crate::owner`]): it serves one caller identity only.
+//!
+//! This module does the I/O (the spool, the session, the jobs); what the
+//! worker knows lives in types that take the time as an argument: `book`
+//! keeps the requests (`requests`) and the segment table (`segments`) in
+//! agreement, `head` follows the archive's head and PostgreSQL's pace.
 
 mod book;
 mod head;
