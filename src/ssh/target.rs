@@ -776,6 +776,7 @@ mod tests {
             e.message().contains("PKCS11Provider /usr/lib/p11.so"),
             "{e}"
         );
+        assert_eq!(e.kind(), crate::error::ErrorKind::ConfigRefused);
         assert_eq!(e.exit_code(), crate::exit::CONNECTION);
         // A directive a newer OpenSSH may print, unknown to us: refused too.
         assert!(refused("someday-trustsomething yes").is_some());
