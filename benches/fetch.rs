@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use barman_wal_restore::fetch::{FetchOptions, Fetcher};
-use barman_wal_restore::remote::{BarmanServer, Transfer};
+use barman_wal_restore::client::{BarmanServer, FetchOptions, Fetcher, Transfer};
 use barman_wal_restore::spool::Spool;
 use barman_wal_restore::ssh::{ConnectOptions, Session, SessionStats, SshTarget};
 use barman_wal_restore::wal::WalName;

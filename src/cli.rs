@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser};
 
+use crate::client::Transfer;
 use crate::exit::FailurePolicy;
-use crate::remote::Transfer;
 use crate::ssh::ConnectOptions;
 
 /// How to reach the Barman host: shared by `barman-wal-restore` and

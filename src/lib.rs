@@ -36,15 +36,13 @@
 //! makes them.
 
 pub mod cli;
+pub mod client;
 pub mod config_file;
 pub mod decode;
-pub mod direct;
 pub mod exit;
-pub mod fetch;
 pub mod handoff;
 pub mod owner;
 pub mod pg_control;
-pub mod remote;
 pub mod restore;
 pub mod shutdown;
 pub mod spool;

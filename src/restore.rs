@@ -11,21 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::RestoreArgs;
-use crate::direct;
+use crate::client::window::peek_size;
+use crate::client::BarmanServer;
+use crate::client::{self, connect, output, Delivered, Fetcher, LayoutSource, CONNECT_ATTEMPTS};
 use crate::exit::{self, Failure, RecoveryMode};
-use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::handoff::{self, Handed};
 use crate::owner::{self, Claim, Claimed, Owner};
 use crate::pg_control::ClusterIdentity;
-use crate::remote::BarmanServer;
 use crate::spool::{self, Spool};
-use crate::ssh::{Session, SessionStats, SshTarget};
+use crate::ssh::{SessionStats, SshTarget};
 use crate::validate::LongPageHeader;
 use crate::wal::{self, WalKind, WalName};
 
-/// How many times a call tries to connect before it reports a connection
-/// failure (a reconnect after a session broke mid-transfer tries once).
-pub(crate) const CONNECT_ATTEMPTS: u32 = 3;
 const SESSION_ATTEMPTS: u32 = 2;
 
 /// What a successful call did.
@@ -307,14 +304,13 @@ async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outco
         &args.connection.connect_options(&args.barman_host),
     )?);
     let session =
-        Session::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS, args.verbose)
-            .await?;
+        client::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS, args.verbose).await?;
     // What we resolved and whom we reached, on stderr: stdout stays Barman's answer.
     eprint!(
         "{}",
         session.target().describe(session.host_key_fingerprint())
     );
-    let result = session.run(&server.test(&args.wal_name)).await;
+    let result = output::run(&session, &server.test(&args.wal_name)).await;
     session.close().await;
     let (stdout, exit) = result.map_err(|e| match e {
         crate::ssh::OpenError::Failed(f) => f,
@@ -580,69 +576,9 @@ async fn run_restore(
     }
 }
 
-/// How this call's files are asked for and checked.
-fn fetch_options(args: &RestoreArgs) -> FetchOptions {
-    let (transfer, auto_keep) = args.transfer();
-    FetchOptions {
-        transfer,
-        auto_keep,
-        partial: args.partial,
-        verify: !args.no_verify,
-        verbose: args.verbose,
-    }
-}
-
-/// Where a connection may learn the archive layout for `--direct-read`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LayoutSource {
-    /// The spool's cache, else `barman show-server`.
-    CacheOrBarman,
-    /// The spool's cache only: for one small file, a `show-server` costs
-    /// the same Barman start-up as the `get-wal` it would save.
-    CacheOnly,
-}
-
-/// One session and a fetcher on it, with the archive layout learnt when
-/// `--direct-read` asks for it (the spool caches that answer).
-pub(crate) async fn connect(
-    args: &RestoreArgs,
-    target: &Arc<SshTarget>,
-    server: &BarmanServer,
-    spool: Option<&Spool>,
-    stats: &Arc<SessionStats>,
-    attempts: u32,
-    layout: LayoutSource,
-) -> Result<Arc<Fetcher>, Failure> {
-    let session = Arc::new(
-        Session::connect_with_retries(target.clone(), stats.clone(), attempts, args.verbose)
-            .await?,
-    );
-    let fetcher = Arc::new(Fetcher::new(session, server.clone(), fetch_options(args)));
-    if args.direct_read {
-        let key = format!(
-            "{}|{:?}|{}",
-            target.display(),
-            server.config(),
-            server.name()
-        );
-        let cache = spool.map(|s| direct::cache_path(s.dir(), &key));
-        fetcher
-            .learn_layout(cache, layout == LayoutSource::CacheOrBarman)
-            .await;
-    }
-    Ok(fetcher)
-}
-
 fn is_disk_full(failure: &Failure) -> bool {
     // The io::Error is rendered into the message by spool::dest_failure.
     matches!(failure, Failure::Local(m) if m.contains("os error 28"))
-}
-
-/// How many names to ask `get-wal --peek` for: a few windows' worth, so the
-/// next misses find their names in the spool's copy of the answer and
-/// start prefetching without a peek of their own.
-pub(crate) fn peek_size(parallel: usize) -> usize {
-    (parallel * 4).clamp(parallel, 256)
 }
 
 /// The requested file and, with `-p N`, the next N-1 ones, on one session.

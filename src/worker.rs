@@ -21,12 +21,11 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::cli::RestoreArgs;
+use crate::client::{self, BarmanServer, Delivered, Fetcher, LayoutSource, CONNECT_ATTEMPTS};
 use crate::exit::{self, Failure, RecoveryMode};
-use crate::fetch::{Delivered, Fetcher};
 use crate::handoff::{self, Answer, Request};
 use crate::owner::{self, Claimed, Owner};
 use crate::pg_control::ClusterIdentity;
-use crate::remote::BarmanServer;
 use crate::restore;
 use crate::spool::{self, Spool};
 use crate::ssh::{SessionStats, SshTarget};
@@ -468,14 +467,14 @@ impl Worker<'_> {
         if Instant::now() < self.next_connect {
             return;
         }
-        let connected = restore::connect(
+        let connected = client::connect(
             self.args,
             &self.target,
             &self.server,
             Some(&self.spool),
             &self.stats,
-            restore::CONNECT_ATTEMPTS,
-            restore::LayoutSource::CacheOrBarman,
+            CONNECT_ATTEMPTS,
+            LayoutSource::CacheOrBarman,
         )
         .await;
         match connected {
@@ -562,7 +561,7 @@ impl Worker<'_> {
         if ahead.len() < self.window && !self.peeking && due {
             self.peeking = true;
             self.last_peek = Some(Instant::now());
-            let count = restore::peek_size(self.window);
+            let count = client::window::peek_size(self.window);
             self.jobs.spawn(async move {
                 let names = fetcher.peek(&cursor, count).await;
                 Done::Peek(cursor, count, names)

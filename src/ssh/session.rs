@@ -27,7 +27,6 @@ use tokio::net::{TcpSocket, TcpStream};
 use super::known_hosts::{self, HostKeyVerdict};
 use super::target::{AddressFamily, Agent, HostKeyPolicy, Proxy, SshTarget};
 use crate::exit::Failure;
-use crate::remote::RemoteExit;
 
 /// Counters a benchmark or test reads to prove what a call did.
 #[derive(Debug, Default)]
@@ -364,35 +363,6 @@ impl Session {
         }
     }
 
-    /// Connects with bounded retries: a transient failure (refused, reset,
-    /// timed out) is tried again after a growing pause; a host key or
-    /// authentication refusal is not, since it cannot change by waiting.
-    pub async fn connect_with_retries(
-        target: Arc<SshTarget>,
-        stats: Arc<SessionStats>,
-        attempts: u32,
-        verbose: bool,
-    ) -> Result<Session, Failure> {
-        let mut pause = Duration::from_millis(250);
-        let mut attempt = 1;
-        loop {
-            match Session::connect(target.clone(), stats.clone()).await {
-                Ok(session) => return Ok(session),
-                Err(e) if attempt >= attempts || !is_retryable(&e) => return Err(e),
-                Err(e) => {
-                    if verbose {
-                        eprintln!(
-                            "WARNING: attempt {attempt}/{attempts}: {e}; retrying in {pause:?}"
-                        );
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(4));
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
     /// The transport to `target` (TCP, a ProxyCommand's stdio, or a
     /// channel through the hop before it), the SSH handshake with its host
     /// key check, and authentication.
@@ -522,20 +492,6 @@ impl Session {
         })
     }
 
-    /// Runs a command whose output is small (peek, test) and returns its
-    /// stdout and how it ended.
-    pub async fn run(&self, command: &str) -> Result<(Vec<u8>, RemoteExit), OpenError> {
-        let mut exec = self.exec(command).await?;
-        let mut stdout = Vec::new();
-        while let Some(chunk) = exec.next_stdout().await.map_err(OpenError::Failed)? {
-            // Bounded: a peek answer is a few lines; more is not Barman.
-            if stdout.len() < (1 << 20) {
-                stdout.extend_from_slice(&chunk);
-            }
-        }
-        Ok((stdout, exec.finish().await))
-    }
-
     /// Ends the session politely.
     pub async fn close(&self) {
         let _ = self
@@ -543,14 +499,6 @@ impl Session {
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
-}
-
-fn is_retryable(failure: &Failure) -> bool {
-    let message = failure.message();
-    failure.is_transient()
-        && !message.contains("host key")
-        && !message.contains("HOST KEY")
-        && !message.contains("Permission denied")
 }
 
 /// TCP to the host, honouring `AddressFamily` and `BindAddress`: each
@@ -809,6 +757,15 @@ async fn authenticate(
         target.user,
         target.host_name
     )))
+}
+
+/// What a finished remote command said, for interpretation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteExit {
+    /// `None` when the channel closed without an exit status.
+    pub status: Option<u32>,
+    pub signal: Option<String>,
+    pub stderr: Vec<u8>,
 }
 
 /// A running remote command: its stdout as a stream of chunks, its stderr

@@ -6,6 +6,7 @@
 //! checked (server, WAL) are checked before anything is sent.
 
 use crate::exit::Failure;
+use crate::ssh::RemoteExit;
 use crate::wal::WalName;
 
 /// How the server should send the file.
@@ -152,15 +153,6 @@ pub fn parse_peek(stdout: &[u8]) -> Result<Vec<WalName>, String> {
         .collect()
 }
 
-/// What a finished remote command said, for interpretation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RemoteExit {
-    /// `None` when the channel closed without an exit status.
-    pub status: Option<u32>,
-    pub signal: Option<String>,
-    pub stderr: Vec<u8>,
-}
-
 impl RemoteExit {
     /// The remote stderr as lines, Barman's `ERROR: ` prefix removed (ours
     /// is added when the failure is printed).
@@ -205,6 +197,25 @@ impl RemoteExit {
         self.status == Some(2)
             && String::from_utf8_lossy(&self.stderr).contains("unrecognized arguments")
     }
+}
+
+pub fn show_server_command(server: &BarmanServer) -> String {
+    match server.config() {
+        Some(config) => format!(
+            "barman --config {} show-server {}",
+            shell_quote(config),
+            shell_quote(server.name())
+        ),
+        None => format!("barman show-server {}", shell_quote(server.name())),
+    }
+}
+
+pub fn cat_command(path: &str) -> String {
+    format!("cat -- {}", shell_quote(path))
+}
+
+pub fn list_command(dir: &str) -> String {
+    format!("ls -1 -- {}", shell_quote(dir))
 }
 
 #[cfg(test)]

@@ -1,0 +1,192 @@
+//! The get-wal path: files and listings asked of `barman get-wal`.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use super::command::{parse_peek, Transfer};
+use super::{Delivered, Fetcher, StreamEnd, MAX_PEEK_ANSWER};
+use crate::exit::Failure;
+use crate::wal::{WalKind, WalName};
+
+impl Fetcher {
+    /// `get-wal --peek N`: the names Barman has from `wal` on.
+    pub async fn peek(&self, wal: &WalName, count: usize) -> Result<Vec<WalName>, Failure> {
+        if let Some(layout) = self.layout() {
+            if let Some(names) = self.peek_direct(&layout, wal, count).await {
+                return Ok(names);
+            }
+        }
+        let command = self.server.peek(wal, count);
+        let mut exec = self.exec(&command).await?;
+        let mut stdout = Vec::new();
+        // A listing is a few KiB: one that keeps coming (a trickle resets
+        // the idle timer) is cut, not waited for.
+        let bound = self.session.target().io_timeout;
+        let read = tokio::time::timeout(bound, async {
+            while let Some(chunk) = exec.next_stdout().await? {
+                stdout.extend_from_slice(&chunk);
+                if stdout.len() > MAX_PEEK_ANSWER {
+                    return Err(Failure::Remote {
+                        status: 1,
+                        message: format!(
+                            "barman get-wal --peek answered more than {MAX_PEEK_ANSWER} bytes"
+                        ),
+                    });
+                }
+            }
+            Ok::<(), Failure>(())
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::Connection(format!(
+                "barman get-wal --peek did not end within {} s (--io-timeout)",
+                bound.as_secs()
+            )))
+        });
+        let exit = match read {
+            Ok(()) => Some(exec.finish().await),
+            Err(_) => {
+                exec.abandon().await;
+                None
+            }
+        };
+        self.channel_done();
+        read?;
+        let exit = exit.expect("a finished read has an exit");
+        if exit.status != Some(0) {
+            return Err(exit.into_failure("barman get-wal --peek"));
+        }
+        parse_peek(&stdout).map_err(|e| Failure::Remote {
+            status: 1,
+            message: format!("barman get-wal --peek answered oddly: {e}"),
+        })
+    }
+
+    fn transfer_for(&self, wal: &WalName) -> Transfer {
+        match self.options.transfer {
+            Transfer::KeepCompression if self.keep_rejected.load(Ordering::Relaxed) => {
+                Transfer::Decompressed
+            }
+            // Barman always sends .partial files raw.
+            Transfer::KeepCompression if wal.kind() == WalKind::Partial => Transfer::Decompressed,
+            other => other,
+        }
+    }
+
+    /// Fetches `wal` to `dest`: written under a temp name beside `dest`,
+    /// decoded while it arrives, validated, synced, renamed. A segment is
+    /// asked for as itself and held to a complete segment's rules, even
+    /// with `-P`: only [`Fetcher::transfer_requested`] takes a `.partial`
+    /// in its place, so nothing stores a `.partial`'s bytes in the spool
+    /// under a full segment's name.
+    pub async fn transfer(&self, wal: &WalName, dest: &Path) -> Result<Delivered, Failure> {
+        self.transfer_as(wal, dest, Lookup::AsNamed).await
+    }
+
+    /// Fetches the file PostgreSQL asked for to `%p`. With `-P`, a segment
+    /// Barman does not have is asked for again with `--partial`, and
+    /// Barman's answer (its `.partial` of that segment) is judged as the
+    /// `.partial` it is: the WAL may end before the segment does. Asked in
+    /// two steps because Barman's answer does not say which file it sent:
+    /// in one step a complete segment whose end was lost would pass as a
+    /// `.partial`.
+    pub async fn transfer_requested(
+        &self,
+        wal: &WalName,
+        dest: &Path,
+    ) -> Result<Delivered, Failure> {
+        let result = self.transfer(wal, dest).await;
+        match result {
+            Err(Failure::NotFound(_)) if self.options.partial && wal.kind() == WalKind::Segment => {
+                if self.options.verbose {
+                    eprintln!("INFO: Barman has no {wal}; asking for its .partial (-P)");
+                }
+                self.transfer_as(wal, dest, Lookup::PartialOfSegment).await
+            }
+            other => other,
+        }
+    }
+
+    async fn transfer_as(
+        &self,
+        wal: &WalName,
+        dest: &Path,
+        lookup: Lookup,
+    ) -> Result<Delivered, Failure> {
+        if wal.kind() != WalKind::Partial && lookup == Lookup::AsNamed {
+            if let Some(layout) = self.layout() {
+                if let Some(delivered) = self.transfer_direct(&layout, wal, dest).await? {
+                    return Ok(delivered);
+                }
+            }
+        }
+        let mut transfer = self.transfer_for(wal);
+        loop {
+            match self.transfer_once(wal, dest, transfer, lookup).await {
+                Err(Attempt::RetryDecompressed(why)) if transfer != Transfer::Decompressed => {
+                    if self.options.verbose {
+                        eprintln!("INFO: {wal}: {why}; asking Barman to decompress it instead");
+                    }
+                    transfer = Transfer::Decompressed;
+                }
+                Err(Attempt::RetryDecompressed(why)) => return Err(Failure::BadPayload(why)),
+                Err(Attempt::Failed(failure)) => return Err(failure),
+                Ok(delivered) => return Ok(delivered),
+            }
+        }
+    }
+
+    async fn transfer_once(
+        &self,
+        wal: &WalName,
+        dest: &Path,
+        transfer: Transfer,
+        lookup: Lookup,
+    ) -> Result<Delivered, Attempt> {
+        // A `.partial` name is found only with `--partial`, as Barman's own
+        // client does it; a segment only when asked for its `.partial`.
+        let (partial_flag, rules) = match (wal.kind(), lookup) {
+            (WalKind::Partial, _) => (self.options.partial, WalKind::Partial),
+            (kind, Lookup::AsNamed) => (false, kind),
+            (_, Lookup::PartialOfSegment) => (true, WalKind::Partial),
+        };
+        let command = self.server.get_wal(wal, transfer, partial_flag);
+        match self.stream(&command, wal, dest, rules).await {
+            Ok(delivered) => Ok(delivered),
+            Err(StreamEnd::Remote(exit)) => {
+                if self.options.auto_keep
+                    && transfer == Transfer::KeepCompression
+                    && exit.is_usage_error()
+                {
+                    self.keep_rejected.store(true, Ordering::Relaxed);
+                    return Err(Attempt::RetryDecompressed(
+                        "this Barman does not know --keep-compression".into(),
+                    ));
+                }
+                Err(Attempt::Failed(exit.into_failure(&format!(
+                    "barman get-wal {wal}' on '{}",
+                    self.session.target().display()
+                ))))
+            }
+            Err(StreamEnd::Undecodable(why)) => Err(Attempt::RetryDecompressed(why)),
+            Err(StreamEnd::Failed(failure)) => Err(Attempt::Failed(failure)),
+        }
+    }
+}
+
+/// Which file Barman is asked for under a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The file of that name, judged by its kind's rules.
+    AsNamed,
+    /// With `-P`, for a segment Barman does not have: its `.partial`.
+    PartialOfSegment,
+}
+
+/// How one attempt at a transfer ended, when it did not deliver.
+enum Attempt {
+    /// The stored bytes are not something we decode (or the server does not
+    /// know `--keep-compression`): ask Barman to decompress instead.
+    RetryDecompressed(String),
+    Failed(Failure),
+}
