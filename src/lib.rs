@@ -37,6 +37,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod config_file;
 pub mod decode;
 pub mod exit;
@@ -47,6 +48,7 @@ pub mod restore;
 pub mod shutdown;
 pub mod spool;
 pub mod ssh;
+pub mod stats;
 pub mod validate;
 pub mod wal;
 pub mod worker;

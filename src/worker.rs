@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::cli::RestoreArgs;
-use crate::client::{self, BarmanServer, Delivered, Fetcher, LayoutSource, CONNECT_ATTEMPTS};
+use crate::client::window::follows;
+use crate::client::{self, Delivered, Fetcher, LayoutSource, Window, CONNECT_ATTEMPTS};
 use crate::exit::{self, Failure, RecoveryMode};
-use crate::handoff::{self, Answer, Request};
+use crate::handoff::{self, Answer, Assignment, Request};
 use crate::owner::{self, Claimed, Owner};
 use crate::pg_control::ClusterIdentity;
-use crate::restore;
 use crate::spool::{self, Spool};
 use crate::ssh::{SessionStats, SshTarget};
+use crate::stats;
 use crate::wal::WalName;
 
 /// How often the worker looks at the spool for requests and hits. A
@@ -76,17 +76,6 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 /// `--async-idle`.
 const YIELD_AFTER: Duration = Duration::from_secs(2);
 
-/// Makes the worker's paths independent of its working directory, then
-/// leaves it: the worker is started in its caller's (the data directory,
-/// where relative `--spool-dir`, `-i`, `-F` and `--known-hosts` mean
-/// something) and must not keep it busy for its whole life.
-pub fn detach(args: &mut RestoreArgs) {
-    if let Ok(here) = std::env::current_dir() {
-        args.resolve_paths_against(&here);
-    }
-    let _ = std::env::set_current_dir("/");
-}
-
 /// What a background job reports.
 enum Done {
     /// A transfer and when it started.
@@ -95,15 +84,15 @@ enum Done {
 }
 
 struct Worker<'a> {
-    args: &'a RestoreArgs,
+    /// Its settings and the starting call's data directory.
+    assignment: &'a Assignment,
     spool: Spool,
     /// The spool directory's device and inode: a directory made again at
     /// the same path (a new recovery) is not this worker's spool.
     spool_identity: (u64, u64),
-    window: usize,
+    window: Window,
     idle: Duration,
     target: Arc<SshTarget>,
-    server: BarmanServer,
     stats: Arc<SessionStats>,
     fetcher: Option<Arc<Fetcher>>,
     next_connect: Instant,
@@ -160,13 +149,14 @@ struct Worker<'a> {
     owner: Owner,
 }
 
-/// Runs the worker for the spool of `args` and returns its exit status
-/// (nobody waits for it; the log says why it ended).
-pub async fn run(args: &RestoreArgs) -> i32 {
-    if let Some(dir) = &args.async_data_dir {
+/// Runs the worker its starting call assigned, and returns its exit
+/// status (nobody waits for it; the log says why it ended).
+pub async fn run(assignment: &Assignment) -> i32 {
+    let config = &assignment.config;
+    if let Some(dir) = &assignment.data_dir {
         crate::validate::set_data_directory(dir);
     }
-    let spool = match Spool::open(&args.spool_dir) {
+    let spool = match Spool::open(&config.spool.dir) {
         Ok(spool) => spool,
         Err(failure) => {
             log(&format!("ERROR: {failure}"));
@@ -184,11 +174,11 @@ pub async fn run(args: &RestoreArgs) -> i32 {
     // The identity of the call that started it (its arguments, its data
     // directory). Claimed after the lock, so released before it: a caller
     // that sees the lock free finds the spool free too.
-    let cluster = args
-        .async_data_dir
+    let cluster = assignment
+        .data_dir
         .as_deref()
         .and_then(|dir| ClusterIdentity::of_data_dir(dir).ok().flatten());
-    let me = Owner::of(args, cluster.as_ref());
+    let me = Owner::of(config, cluster.as_ref());
     let _claim = match owner::claim(&spool, &me, true) {
         Ok(Claimed::Ours(claim)) => claim,
         Ok(Claimed::Held(other)) => {
@@ -202,22 +192,16 @@ pub async fn run(args: &RestoreArgs) -> i32 {
             return exit::SUCCESS;
         }
     };
+    let window = Window::for_worker(config.transfer.parallel);
     log(&format!(
         "worker {} serves spool {} (-p {}, idle exit after {} s) for {}",
         std::process::id(),
-        args.spool_dir.display(),
-        args.parallel.max(1),
-        args.async_idle,
+        config.spool.dir.display(),
+        window.size(),
+        config.background.idle.as_secs(),
         me.describe()
     ));
-    let server = match BarmanServer::new(&args.server_name, args.connection.config.as_deref()) {
-        Ok(server) => server,
-        Err(failure) => {
-            log(&format!("ERROR: {failure}"));
-            return failure.exit_code();
-        }
-    };
-    let target = match SshTarget::resolve(&args.connection.connect_options(&args.barman_host)) {
+    let target = match SshTarget::resolve(&config.connect_options()) {
         Ok(target) => Arc::new(target),
         Err(failure) => {
             log(&format!("ERROR: {failure}"));
@@ -225,13 +209,12 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         }
     };
     let mut worker = Worker {
-        args,
+        assignment,
         spool,
         spool_identity,
-        window: args.parallel.max(1),
-        idle: Duration::from_secs(args.async_idle),
+        window,
+        idle: config.background.idle,
         target,
-        server,
         stats: Arc::new(SessionStats::default()),
         fetcher: None,
         next_connect: Instant::now(),
@@ -265,8 +248,8 @@ pub async fn run(args: &RestoreArgs) -> i32 {
     // That one only: the window waits for PostgreSQL's first request, as a
     // full window of get-wal now would slow the history lookup down with
     // it (Barman's Python and the lookup share the Barman host's CPUs).
-    if let Some(first) = args
-        .async_from
+    if let Some(first) = assignment
+        .first
         .as_deref()
         .and_then(|name| WalName::parse(name).ok())
         .filter(WalName::is_segment)
@@ -284,7 +267,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         std::process::id(),
         worker.served
     ));
-    write_stats(&worker.stats);
+    stats::write_worker_stats(&worker.stats);
     exit::SUCCESS
 }
 
@@ -372,7 +355,7 @@ impl Worker<'_> {
                 continue;
             }
             self.last_activity = Instant::now();
-            if self.args.verbose {
+            if self.assignment.config.verbose {
                 log(&format!("request {token}: {wal}"));
             }
             self.move_cursor(&wal);
@@ -446,8 +429,8 @@ impl Worker<'_> {
     /// An archive recovery (not a standby) ends where the archive ends,
     /// and reads the last segment once more as it does.
     fn recovery_ends_at_head(&self) -> bool {
-        self.args
-            .async_data_dir
+        self.assignment
+            .data_dir
             .as_deref()
             .is_some_and(|dir| RecoveryMode::detect(dir) == RecoveryMode::ArchiveRecovery)
     }
@@ -468,9 +451,8 @@ impl Worker<'_> {
             return;
         }
         let connected = client::connect(
-            self.args,
+            &self.assignment.config,
             &self.target,
-            &self.server,
             Some(&self.spool),
             &self.stats,
             CONNECT_ATTEMPTS,
@@ -479,7 +461,7 @@ impl Worker<'_> {
         .await;
         match connected {
             Ok(fetcher) => {
-                if self.args.verbose {
+                if self.assignment.config.verbose {
                     log("connected");
                 }
                 self.fetcher = Some(fetcher)
@@ -520,18 +502,15 @@ impl Worker<'_> {
         let Some(cursor) = self.cursor.clone() else {
             return;
         };
-        let ahead: Vec<WalName> = self
-            .listing
-            .iter()
-            .filter(|n| follows(n, &cursor))
-            .take(self.window)
-            .cloned()
-            .collect();
+        let spool = &self.spool;
+        let ahead = self
+            .window
+            .ahead(&self.listing, &cursor, |n| spool.contains(n));
         // A waiting PostgreSQL comes first: while a call waits, only what it
         // asked for and the segment after it run, not the whole window
         // competing with them for the link and the CPUs.
         let starts = if self.pending.is_empty() {
-            self.window
+            self.window.size()
         } else {
             1
         };
@@ -558,10 +537,10 @@ impl Worker<'_> {
             Some(at) if covered && self.at_head => at.elapsed() >= HEAD_POLL,
             _ => true,
         };
-        if ahead.len() < self.window && !self.peeking && due {
+        if ahead.len() < self.window.size() && !self.peeking && due {
             self.peeking = true;
             self.last_peek = Some(Instant::now());
-            let count = client::window::peek_size(self.window);
+            let count = self.window.peek_size();
             self.jobs.spawn(async move {
                 let names = fetcher.peek(&cursor, count).await;
                 Done::Peek(cursor, count, names)
@@ -635,7 +614,7 @@ impl Worker<'_> {
                     Ok(delivered) => {
                         self.served += 1;
                         self.segment_size = Some(delivered.bytes_out);
-                        if self.args.verbose {
+                        if self.assignment.config.verbose {
                             log(&format!(
                                 "{wal} ready in {} ms",
                                 started.elapsed().as_millis()
@@ -664,12 +643,7 @@ impl Worker<'_> {
                 match result {
                     Ok(names) => {
                         self.at_head = names.len() < count;
-                        let mut listing: Vec<WalName> = names
-                            .into_iter()
-                            .filter(|n| n.is_segment() && follows(n, &from))
-                            .collect();
-                        listing.sort_by_key(|n| n.position());
-                        self.listing = listing;
+                        self.listing = self.window.listing(&from, names);
                         self.peek_from = Some(from);
                     }
                     Err(failure) => {
@@ -689,7 +663,7 @@ impl Worker<'_> {
         // A prefetch nobody waits for is worth a line unless it is a "not
         // found": past the archive's head, that is the expected answer.
         let unexpected = waiting.is_empty() && !matches!(failure, Failure::NotFound(_));
-        if unexpected || self.args.verbose {
+        if unexpected || self.assignment.config.verbose {
             log(&format!("{wal}: {failure}"));
         }
         let answer = match &failure {
@@ -736,32 +710,6 @@ impl Worker<'_> {
             log(&format!("cannot answer request {token}: {e}"));
         }
     }
-}
-
-/// For `barman-wal-bench`: `BARMAN_WAL_RESTORE_WORKER_STATS=FILE` gets
-/// `connections channels refused peak_rss_kib cpu_seconds` of this worker
-/// when it leaves, costs that no call's `wait4` sees.
-fn write_stats(stats: &SessionStats) {
-    let Some(path) = std::env::var_os("BARMAN_WAL_RESTORE_WORKER_STATS") else {
-        return;
-    };
-    let (connections, channels, refused) = stats.snapshot();
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
-    let line = format!(
-        "{connections} {channels} {refused} {} {cpu:.3}\n",
-        restore::peak_rss_kib()
-    );
-    let _ = std::fs::write(path, line);
-}
-
-/// Whether `wal` comes after `cursor` on its timeline: what the window
-/// may hold once PostgreSQL is at `cursor`.
-fn follows(wal: &WalName, cursor: &WalName) -> bool {
-    wal.timeline() == cursor.timeline() && wal.position() > cursor.position()
 }
 
 /// One line on the worker's log (its stderr), with the local time: the

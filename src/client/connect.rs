@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::command::{self, BarmanServer};
 use super::direct::{ArchiveLayout, DirectRead, DirectState};
-use super::output::read_small;
-use super::{FetchOptions, Fetcher};
-use crate::cli::RestoreArgs;
+use super::output::{self, Beyond};
+use super::Fetcher;
+use crate::config::Config;
 use crate::exit::Failure;
 use crate::spool::Spool;
 use crate::ssh::{Session, SessionStats, SshTarget};
@@ -17,20 +16,11 @@ use crate::ssh::{Session, SessionStats, SshTarget};
 /// How many times a call tries to connect before it reports a connection
 /// failure (a reconnect after a session broke mid-transfer tries once).
 pub const CONNECT_ATTEMPTS: u32 = 3;
+/// The most of a `show-server` answer kept: a few dozen lines.
+const SHOW_SERVER_CAP: usize = 16 << 20;
+
 /// How long a learnt layout is trusted before `show-server` is asked again.
 pub const CACHE_LIFETIME: Duration = Duration::from_secs(300);
-
-/// How this call's files are asked for and checked.
-fn fetch_options(args: &RestoreArgs) -> FetchOptions {
-    let (transfer, auto_keep) = args.transfer();
-    FetchOptions {
-        transfer,
-        auto_keep,
-        partial: args.partial,
-        verify: !args.no_verify,
-        verbose: args.verbose,
-    }
-}
 
 /// Where a connection may learn the archive layout for `--direct-read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,19 +35,24 @@ pub enum LayoutSource {
 /// One session and a fetcher on it, with the archive layout learnt when
 /// `--direct-read` asks for it (the spool caches that answer).
 pub async fn connect(
-    args: &RestoreArgs,
+    config: &Config,
     target: &Arc<SshTarget>,
-    server: &BarmanServer,
     spool: Option<&Spool>,
     stats: &Arc<SessionStats>,
     attempts: u32,
     layout: LayoutSource,
 ) -> Result<Arc<Fetcher>, Failure> {
     let session = Arc::new(
-        connect_with_retries(target.clone(), stats.clone(), attempts, args.verbose).await?,
+        connect_with_retries(target.clone(), stats.clone(), attempts, config.verbose).await?,
     );
-    let fetcher = Arc::new(Fetcher::new(session, server.clone(), fetch_options(args)));
-    if args.direct_read {
+    let server = &config.server;
+    let fetcher = Arc::new(Fetcher::new(
+        session,
+        server.clone(),
+        config.transfer.clone(),
+        config.verbose,
+    ));
+    if config.transfer.direct_read {
         let key = format!(
             "{}|{:?}|{}",
             target.display(),
@@ -162,9 +157,13 @@ impl Fetcher {
             Some(state) => state,
             None if !ask_barman => return,
             None => {
-                let command = command::show_server_command(&self.server);
+                let command = self.server.show_server();
                 let answer = match self.exec(&command).await {
-                    Ok(exec) => read_small(exec).await,
+                    Ok(exec) => output::read(exec, SHOW_SERVER_CAP, Beyond::Drop, None)
+                        .await
+                        .ok()
+                        .filter(|answer| answer.exit.status == Some(0))
+                        .map(|answer| String::from_utf8_lossy(&answer.stdout).into_owned()),
                     Err(_) => None,
                 };
                 self.channel_done();
@@ -177,7 +176,7 @@ impl Fetcher {
                         state
                     }
                     None => {
-                        if self.options.verbose {
+                        if self.verbose {
                             eprintln!(
                                 "INFO: barman show-server gave no archive layout; using get-wal"
                             );

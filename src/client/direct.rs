@@ -27,12 +27,16 @@
 
 use std::path::{Path, PathBuf};
 
-use super::command::{cat_command, list_command};
+use super::command;
 use super::connect::store_cache;
-use super::output::read_small_bytes;
+use super::output::{self, Beyond};
 use super::{Delivered, Fetcher, StreamEnd};
 use crate::exit::Failure;
 use crate::wal::{WalKind, WalName};
+
+/// The most of a directory listing kept: one log's directory holds at
+/// most 256 names.
+const LISTING_CAP: usize = 16 << 20;
 
 /// Where Barman keeps a server's WAL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +154,7 @@ impl Fetcher {
                 if let Some(path) = &d.cache {
                     store_cache(path, &DirectState::Restricted);
                 }
-                if self.options.verbose {
+                if self.verbose {
                     eprintln!("INFO: {what}; using barman get-wal instead");
                 }
             }
@@ -167,7 +171,7 @@ impl Fetcher {
     ) -> Result<Option<Delivered>, Failure> {
         for path in layout.candidates(wal) {
             match self
-                .stream(&cat_command(&path), wal, dest, wal.kind())
+                .stream(&command::cat(&path), wal, dest, wal.kind())
                 .await
             {
                 Ok(delivered) => return Ok(Some(delivered)),
@@ -203,9 +207,12 @@ impl Fetcher {
         let mut names = Vec::new();
         for log in [log, log.checked_add(1)?] {
             let dir = layout.hash_dir(&format!("{tli:08X}{log:08X}"));
-            let exec = self.exec(&list_command(&dir)).await.ok();
+            let exec = self.exec(&command::list(&dir)).await.ok();
             let listing = match exec {
-                Some(exec) => read_small_bytes(exec).await,
+                Some(exec) => output::read(exec, LISTING_CAP, Beyond::Drop, None)
+                    .await
+                    .ok()
+                    .map(|answer| (answer.exit.status, answer.stdout)),
                 None => None,
             };
             self.channel_done();

@@ -3,8 +3,10 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use super::command::{parse_peek, Transfer};
+use super::command::parse_peek;
+use super::output::{self, Beyond};
 use super::{Delivered, Fetcher, StreamEnd, MAX_PEEK_ANSWER};
+use crate::config::Compression;
 use crate::exit::Failure;
 use crate::wal::{WalKind, WalName};
 
@@ -17,58 +19,38 @@ impl Fetcher {
             }
         }
         let command = self.server.peek(wal, count);
-        let mut exec = self.exec(&command).await?;
-        let mut stdout = Vec::new();
+        let exec = self.exec(&command).await?;
         // A listing is a few KiB: one that keeps coming (a trickle resets
         // the idle timer) is cut, not waited for.
+        let what = "barman get-wal --peek";
         let bound = self.session.target().io_timeout;
-        let read = tokio::time::timeout(bound, async {
-            while let Some(chunk) = exec.next_stdout().await? {
-                stdout.extend_from_slice(&chunk);
-                if stdout.len() > MAX_PEEK_ANSWER {
-                    return Err(Failure::Remote {
-                        status: 1,
-                        message: format!(
-                            "barman get-wal --peek answered more than {MAX_PEEK_ANSWER} bytes"
-                        ),
-                    });
-                }
-            }
-            Ok::<(), Failure>(())
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(Failure::Connection(format!(
-                "barman get-wal --peek did not end within {} s (--io-timeout)",
-                bound.as_secs()
-            )))
-        });
-        let exit = match read {
-            Ok(()) => Some(exec.finish().await),
-            Err(_) => {
-                exec.abandon().await;
-                None
-            }
-        };
+        let answer = output::read(
+            exec,
+            MAX_PEEK_ANSWER,
+            Beyond::Refuse(what),
+            Some((bound, what)),
+        )
+        .await;
         self.channel_done();
-        read?;
-        let exit = exit.expect("a finished read has an exit");
-        if exit.status != Some(0) {
-            return Err(exit.into_failure("barman get-wal --peek"));
+        let answer = answer?;
+        if answer.exit.status != Some(0) {
+            return Err(answer.exit.into_failure(what));
         }
-        parse_peek(&stdout).map_err(|e| Failure::Remote {
+        parse_peek(&answer.stdout).map_err(|e| Failure::Remote {
             status: 1,
             message: format!("barman get-wal --peek answered oddly: {e}"),
         })
     }
 
-    fn transfer_for(&self, wal: &WalName) -> Transfer {
-        match self.options.transfer {
-            Transfer::KeepCompression if self.keep_rejected.load(Ordering::Relaxed) => {
-                Transfer::Decompressed
+    fn transfer_for(&self, wal: &WalName) -> Compression {
+        match self.transfer.compression {
+            Compression::KeepCompression if self.keep_rejected.load(Ordering::Relaxed) => {
+                Compression::Decompressed
             }
             // Barman always sends .partial files raw.
-            Transfer::KeepCompression if wal.kind() == WalKind::Partial => Transfer::Decompressed,
+            Compression::KeepCompression if wal.kind() == WalKind::Partial => {
+                Compression::Decompressed
+            }
             other => other,
         }
     }
@@ -97,8 +79,10 @@ impl Fetcher {
     ) -> Result<Delivered, Failure> {
         let result = self.transfer(wal, dest).await;
         match result {
-            Err(Failure::NotFound(_)) if self.options.partial && wal.kind() == WalKind::Segment => {
-                if self.options.verbose {
+            Err(Failure::NotFound(_))
+                if self.transfer.partial && wal.kind() == WalKind::Segment =>
+            {
+                if self.verbose {
                     eprintln!("INFO: Barman has no {wal}; asking for its .partial (-P)");
                 }
                 self.transfer_as(wal, dest, Lookup::PartialOfSegment).await
@@ -123,11 +107,11 @@ impl Fetcher {
         let mut transfer = self.transfer_for(wal);
         loop {
             match self.transfer_once(wal, dest, transfer, lookup).await {
-                Err(Attempt::RetryDecompressed(why)) if transfer != Transfer::Decompressed => {
-                    if self.options.verbose {
+                Err(Attempt::RetryDecompressed(why)) if transfer != Compression::Decompressed => {
+                    if self.verbose {
                         eprintln!("INFO: {wal}: {why}; asking Barman to decompress it instead");
                     }
-                    transfer = Transfer::Decompressed;
+                    transfer = Compression::Decompressed;
                 }
                 Err(Attempt::RetryDecompressed(why)) => return Err(Failure::BadPayload(why)),
                 Err(Attempt::Failed(failure)) => return Err(failure),
@@ -140,13 +124,13 @@ impl Fetcher {
         &self,
         wal: &WalName,
         dest: &Path,
-        transfer: Transfer,
+        transfer: Compression,
         lookup: Lookup,
     ) -> Result<Delivered, Attempt> {
         // A `.partial` name is found only with `--partial`, as Barman's own
         // client does it; a segment only when asked for its `.partial`.
         let (partial_flag, rules) = match (wal.kind(), lookup) {
-            (WalKind::Partial, _) => (self.options.partial, WalKind::Partial),
+            (WalKind::Partial, _) => (self.transfer.partial, WalKind::Partial),
             (kind, Lookup::AsNamed) => (false, kind),
             (_, Lookup::PartialOfSegment) => (true, WalKind::Partial),
         };
@@ -154,8 +138,8 @@ impl Fetcher {
         match self.stream(&command, wal, dest, rules).await {
             Ok(delivered) => Ok(delivered),
             Err(StreamEnd::Remote(exit)) => {
-                if self.options.auto_keep
-                    && transfer == Transfer::KeepCompression
+                if self.transfer.auto_keep
+                    && transfer == Compression::KeepCompression
                     && exit.is_usage_error()
                 {
                     self.keep_rejected.store(true, Ordering::Relaxed);

@@ -1,14 +1,20 @@
-//! Fetch orchestration: files from Barman to their final names, over the
-//! exec channels of one session.
+//! The client of the Barman host: everything said to it over one session.
 //!
-//! [`Fetcher::transfer`] moves one file (one `barman get-wal` channel, decoded
-//! as it arrives, validated, then renamed into place). [`Fetcher::prefetch`]
+//! - [`connect`]: the session, with bounded retries, and the archive layout
+//!   learnt from `barman show-server` for `--direct-read`.
+//! - [`getwal`]: files and listings through `barman get-wal`.
+//! - [`direct`]: `--direct-read`, the stored files read with `cat`.
+//! - [`window`]: the prefetch window, for a call and for the worker.
+//! - [`command`]: every remote command line, and what its answers mean.
+//! - [`output`]: the bounded reader of a command's whole answer.
+//!
+//! This module holds the [`Fetcher`], which a call and the `--async` worker
+//! share: [`Fetcher::transfer`] moves one file (one channel, decoded as it
+//! arrives, validated, then renamed into place); [`Fetcher::prefetch`]
 //! keeps up to N of those in flight for a list of names, a sliding window
 //! rather than batches, treating a refused channel (OpenSSH's `MaxSessions`)
-//! as back-pressure. A one-shot restore_command call and a long-lived
-//! background prefetcher use the same two operations. With `--direct-read`
-//! both read the stored files first ([`direct`]) and ask `barman
-//! get-wal` for whatever that cannot settle.
+//! as back-pressure. With `--direct-read` both read the stored files first
+//! and ask `barman get-wal` for whatever that cannot settle.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -17,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
+use crate::config::{Server, Transfer};
 use crate::decode::{DecodeError, DecodeSink, Format};
 use crate::exit::Failure;
 use crate::spool::{self, Spool, TempFile};
@@ -31,25 +38,9 @@ pub mod getwal;
 pub mod output;
 pub mod window;
 
-pub use command::{BarmanServer, Transfer};
 pub use connect::{connect, connect_with_retries, LayoutSource, CONNECT_ATTEMPTS};
 use direct::DirectRead;
-
-/// How files are asked for and checked.
-#[derive(Debug, Clone)]
-pub struct FetchOptions {
-    /// What the user asked the server to send. [`Transfer::KeepCompression`]
-    /// is also what we choose by default (see [`FetchOptions::auto_keep`]).
-    pub transfer: Transfer,
-    /// We chose `--keep-compression` ourselves: fall back to a plain
-    /// `get-wal` when the server rejects the flag (Barman before 3.12).
-    pub auto_keep: bool,
-    /// Ask for `.partial` files too (`-P`).
-    pub partial: bool,
-    /// Check WAL headers before delivering (`--no-verify` turns it off).
-    pub verify: bool,
-    pub verbose: bool,
-}
+pub use window::Window;
 
 /// What one transfer delivered.
 #[derive(Debug, Clone)]
@@ -65,8 +56,10 @@ pub struct Delivered {
 /// Fetches files over one session. Cheap to share behind an `Arc`.
 pub struct Fetcher {
     session: Arc<Session>,
-    server: BarmanServer,
-    options: FetchOptions,
+    server: Server,
+    /// How files are asked for and checked.
+    transfer: Transfer,
+    verbose: bool,
     /// Signalled whenever one of our channels ends: a refused open waits
     /// for it before trying again.
     slot_freed: Notify,
@@ -109,11 +102,17 @@ pub const TRANSFER_IO_TIMEOUTS: u32 = 5;
 const REFUSED_RETRY_MAX: Duration = Duration::from_millis(200);
 
 impl Fetcher {
-    pub fn new(session: Arc<Session>, server: BarmanServer, options: FetchOptions) -> Fetcher {
+    pub fn new(
+        session: Arc<Session>,
+        server: Server,
+        transfer: Transfer,
+        verbose: bool,
+    ) -> Fetcher {
         Fetcher {
             session,
             server,
-            options,
+            transfer,
+            verbose,
             slot_freed: Notify::new(),
             keep_rejected: AtomicBool::new(false),
             system_identifier: Mutex::new(None),
@@ -134,12 +133,9 @@ impl Fetcher {
         &self.session
     }
 
-    pub fn server(&self) -> &BarmanServer {
-        &self.server
-    }
-
-    pub fn options(&self) -> &FetchOptions {
-        &self.options
+    /// `-v`: say on stderr what happens.
+    pub fn verbose(&self) -> bool {
+        self.verbose
     }
 
     /// Opens an exec channel, waiting while the server refuses new channels,
@@ -242,7 +238,7 @@ impl Fetcher {
                 ))));
             }
         };
-        if self.options.verify {
+        if self.transfer.verify {
             self.check(wal, decoded.bytes_out, &decoded.head)
                 .map_err(|why| StreamEnd::Failed(Failure::BadPayload(why)))?;
             if let Some(Err(why)) = &decoded.records {

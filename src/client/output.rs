@@ -1,45 +1,79 @@
-//! Reading a remote command's whole output, bounded.
+//! The one reader of a remote command's whole output (a peek answer, a
+//! listing, `show-server`, `--test`): bounded, because whatever answers is
+//! not trusted to stop. Each caller says how much is enough and what more
+//! means; file transfers stream instead (see [`super::Fetcher`]).
 
-use crate::ssh::{ExecChannel, OpenError, RemoteExit, Session};
+use std::time::Duration;
 
-/// Reads a small answer (show-server, a listing) to its end.
-pub(super) async fn read_small_bytes(mut exec: ExecChannel) -> Option<(Option<u32>, Vec<u8>)> {
-    let mut out = Vec::new();
-    loop {
-        match exec.next_stdout().await {
-            Ok(Some(chunk)) => {
-                if out.len() < (16 << 20) {
-                    out.extend_from_slice(&chunk);
+use crate::exit::Failure;
+use crate::ssh::{ExecChannel, RemoteExit};
+
+/// What to do with output past the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beyond<'a> {
+    /// Read on to the end, keep only the first bytes (a command whose
+    /// status matters more than its chatter).
+    Drop,
+    /// Stop: the answer cannot be what was asked for (`what` names the
+    /// command in the failure).
+    Refuse(&'a str),
+}
+
+/// A finished command's stdout (at most about the cap) and how it ended.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub exit: RemoteExit,
+}
+
+/// Reads `exec` to its end: at most about `cap` bytes of stdout are kept,
+/// `beyond` says what happens to more; with `within`, the whole read must
+/// end in that time (the idle timer alone lets a trickle go on forever).
+/// The channel is closed either way.
+pub async fn read(
+    mut exec: ExecChannel,
+    cap: usize,
+    beyond: Beyond<'_>,
+    within: Option<(Duration, &str)>,
+) -> Result<Output, Failure> {
+    let mut stdout = Vec::new();
+    let reading = async {
+        while let Some(chunk) = exec.next_stdout().await? {
+            match beyond {
+                Beyond::Drop if stdout.len() < cap => stdout.extend_from_slice(&chunk),
+                Beyond::Drop => {}
+                Beyond::Refuse(what) => {
+                    stdout.extend_from_slice(&chunk);
+                    if stdout.len() > cap {
+                        return Err(Failure::Remote {
+                            status: 1,
+                            message: format!("{what} answered more than {cap} bytes"),
+                        });
+                    }
                 }
             }
-            Ok(None) => break,
-            Err(_) => {
-                exec.abandon().await;
-                return None;
-            }
+        }
+        Ok::<(), Failure>(())
+    };
+    let read = match within {
+        Some((bound, what)) => tokio::time::timeout(bound, reading)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::Connection(format!(
+                    "{what} did not end within {} s (--io-timeout)",
+                    bound.as_secs()
+                )))
+            }),
+        None => reading.await,
+    };
+    match read {
+        Ok(()) => Ok(Output {
+            stdout,
+            exit: exec.finish().await,
+        }),
+        Err(failure) => {
+            exec.abandon().await;
+            Err(failure)
         }
     }
-    let exit = exec.finish().await;
-    Some((exit.status, out))
-}
-
-pub(super) async fn read_small(exec: ExecChannel) -> Option<String> {
-    match read_small_bytes(exec).await? {
-        (Some(0), bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-        _ => None,
-    }
-}
-
-/// Runs a command whose output is small (peek, test) and returns its
-/// stdout and how it ended.
-pub async fn run(session: &Session, command: &str) -> Result<(Vec<u8>, RemoteExit), OpenError> {
-    let mut exec = session.exec(command).await?;
-    let mut stdout = Vec::new();
-    while let Some(chunk) = exec.next_stdout().await.map_err(OpenError::Failed)? {
-        // Bounded: a peek answer is a few lines; more is not Barman.
-        if stdout.len() < (1 << 20) {
-            stdout.extend_from_slice(&chunk);
-        }
-    }
-    Ok((stdout, exec.finish().await))
 }
