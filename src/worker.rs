@@ -5,7 +5,8 @@
 //! It learns where PostgreSQL is from the spool alone (see
 //! [`crate::handoff`]): a request names the segment a call missed, and a
 //! segment it delivered that disappears was taken by a call (a spool hit).
-//! The window is the N segments Barman listed after that position; what it
+//! The window is the N segments Barman listed after that position
+//! ([`client::Window::for_worker`]); what it
 //! fetches goes through [`Fetcher::transfer`], the same temp name,
 //! validation, fsync and rename as a direct fetch. It answers a request it
 //! cannot fulfil (Barman's "not found", or any failure) so the call can act
@@ -13,6 +14,9 @@
 //! `--async-idle` seconds without a request or a hit, when its spool
 //! disappears, or soon after a caller of another identity asked for the
 //! spool (see [`crate::owner`]): it serves one caller identity only.
+//!
+//! Its settings are those of the call that started it, resolved by that
+//! call and handed over on stdin ([`crate::handoff::Assignment`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
