@@ -194,7 +194,7 @@ mod tests {
     use crate::cli::RestoreArgs;
     use clap::Parser;
 
-    fn args(server: &str) -> Config {
+    fn config(server: &str) -> Config {
         let args =
             RestoreArgs::parse_from(["bwr", "host", server, "000000010000000000000001", "x"]);
         Config::from_args(&args).unwrap()
@@ -204,8 +204,8 @@ mod tests {
     fn one_identity_at_a_time_and_its_files_leave_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
-        let a = Owner::of(&args("a"), None);
-        let b = Owner::of(&args("b"), None);
+        let a = Owner::of(&config("a"), None);
+        let b = Owner::of(&config("b"), None);
         let held_by_a = match claim(&spool, &a, true).unwrap() {
             Claimed::Ours(c) => c,
             other => panic!("{other:?}"),

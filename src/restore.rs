@@ -1,4 +1,5 @@
-//! One restore_command call, from arguments to exit status.
+//! One restore_command call, from its resolved settings and request to
+//! its exit status; talking to Barman is the [`crate::client`]'s.
 //!
 //! Order of work: check every argument locally (no connection for a bad
 //! name); serve a spool hit with a rename and no connection at all; else

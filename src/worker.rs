@@ -175,7 +175,7 @@ pub async fn run(assignment: &Assignment) -> i32 {
         log("another worker serves this spool; leaving");
         return exit::SUCCESS;
     };
-    // The identity of the call that started it (its arguments, its data
+    // The identity of the call that started it (its settings, its data
     // directory). Claimed after the lock, so released before it: a caller
     // that sees the lock free finds the spool free too.
     let cluster = assignment

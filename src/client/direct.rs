@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use super::command;
 use super::connect::store_cache;
 use super::output::{self, Beyond};
+use super::window::follows;
 use super::{Delivered, Fetcher, StreamEnd};
 use crate::exit::Failure;
 use crate::wal::{WalKind, WalName};
@@ -121,9 +122,7 @@ pub fn names_after(listing: &[u8], wal: &WalName) -> Vec<WalName> {
     let mut names: Vec<WalName> = String::from_utf8_lossy(listing)
         .lines()
         .filter_map(|l| WalName::parse(l.trim()).ok())
-        .filter(|n| {
-            n.is_segment() && n.timeline() == wal.timeline() && n.position() > wal.position()
-        })
+        .filter(|n| n.is_segment() && follows(n, wal))
         .collect();
     names.sort_by(|a, b| a.cmp_position(b));
     names
