@@ -30,6 +30,29 @@ pub enum Reach {
     PastSpooled,
 }
 
+impl Reach {
+    /// What a peek from `from` gives a window to read: for a call's
+    /// ([`Reach::PastSpooled`]), `from` and then the segments Barman
+    /// listed, in its order (what the spool's peek cache keeps); for the
+    /// worker's ([`Reach::Positions`]), the segments that follow `from` on
+    /// its timeline, in WAL order.
+    pub fn listing(self, from: &WalName, answer: Vec<WalName>) -> Vec<WalName> {
+        match self {
+            Reach::PastSpooled => std::iter::once(from.clone())
+                .chain(answer.into_iter().filter(|n| n.is_segment() && n != from))
+                .collect(),
+            Reach::Positions => {
+                let mut listing: Vec<WalName> = answer
+                    .into_iter()
+                    .filter(|n| n.is_segment() && follows(n, from))
+                    .collect();
+                listing.sort_by_key(|n| n.position());
+                listing
+            }
+        }
+    }
+}
+
 /// A prefetch window: how far it reaches and how it reads a listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -72,24 +95,10 @@ impl Window {
         (self.parallel * 4).clamp(self.parallel, 256)
     }
 
-    /// What a peek from `from` gives this window to read: for a call,
-    /// `from` and then the segments Barman listed, in its order (what the
-    /// spool's peek cache keeps); for the worker, the segments that follow
-    /// `from` on its timeline, in WAL order.
+    /// What a peek from `from` gives this window to read: see
+    /// [`Reach::listing`].
     pub fn listing(&self, from: &WalName, answer: Vec<WalName>) -> Vec<WalName> {
-        match self.reach {
-            Reach::PastSpooled => std::iter::once(from.clone())
-                .chain(answer.into_iter().filter(|n| n.is_segment() && n != from))
-                .collect(),
-            Reach::Positions => {
-                let mut listing: Vec<WalName> = answer
-                    .into_iter()
-                    .filter(|n| n.is_segment() && follows(n, from))
-                    .collect();
-                listing.sort_by_key(|n| n.position());
-                listing
-            }
-        }
+        self.reach.listing(from, answer)
     }
 
     /// The segments the window holds after `cursor`, in order: those after
