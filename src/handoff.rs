@@ -36,10 +36,9 @@ use crate::exit::Failure;
 use crate::spool::{Spool, TempFile};
 use crate::wal::WalName;
 
-pub const LOCK_FILE: &str = ".bwr-worker.lock";
-pub const LOG_FILE: &str = ".bwr-worker.log";
-const WANT_PREFIX: &str = ".bwr-want.";
-const ANSWER_PREFIX: &str = ".bwr-answer.";
+use crate::spool::names::{
+    ANSWER_PREFIX, WANT_PREFIX, WORKER_LOCK as LOCK_FILE, WORKER_LOG as LOG_FILE,
+};
 
 /// The worker's log is cut when a new worker starts and it has grown past
 /// this: it is for reading the last incident, not an archive.

@@ -31,8 +31,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_barman-wal-restore");
 pub const SEGMENT_SIZE: u64 = 1 << 20;
 /// The statuses the binary may ever exit with outside archive recovery.
 pub const ALLOWED: [i32; 6] = [0, 1, 2, 3, 130, 143];
-/// Temp files of the binary start with this; nothing else does.
-pub const TEMP_PREFIX: &str = ".bwr-tmp.";
+/// The spool's own file names, as the binary spells them.
+#[allow(unused_imports)] // each test binary uses some of them
+pub use barman_wal_restore::spool::names::{is_bookkeeping, TEMP_PREFIX, WORKER_LOCK, WORKER_LOG};
 /// The WAL_DEST name PostgreSQL uses.
 pub const DEST_NAME: &str = "RECOVERYXLOG";
 /// Upper bound of any single call; a call that runs longer is a hang.
@@ -640,16 +641,6 @@ pub fn names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The client's own bookkeeping files in the spool (the last peek's
-/// answer, the direct-read layout, the `--async` worker's lock and log,
-/// the spool's owner): never a WAL name, never served as WAL.
-pub fn is_bookkeeping(name: &str) -> bool {
-    name == ".bwr-peek"
-        || name.starts_with(".bwr-layout.")
-        || name.starts_with(".bwr-worker.")
-        || name.starts_with(".bwr-owner")
-}
-
 /// Temp files (`.bwr-tmp.*`) in `dir`.
 pub fn temps(dir: &Path) -> Vec<String> {
     names(dir)
@@ -856,7 +847,7 @@ pub fn worker_log(work: &Work) -> String {
 
 /// The `--async` worker's log in `spool` (empty if there is none).
 pub fn worker_log_in(spool: &Path) -> String {
-    std::fs::read_to_string(spool.join(".bwr-worker.log")).unwrap_or_default()
+    std::fs::read_to_string(spool.join(WORKER_LOG)).unwrap_or_default()
 }
 
 /// Pids of the workers that took the spool's lock, in order: the log's

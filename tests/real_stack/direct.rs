@@ -176,7 +176,11 @@ pub fn restricted_account_falls_back(st: &Stack) -> TestResult {
     let cache: Vec<String> = fs::read_dir(work.join("spool"))
         .map_err(|e| fail(e.to_string()))?
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".bwr-layout."))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(barman_wal_restore::spool::names::LAYOUT_PREFIX)
+        })
         .map(|e| fs::read_to_string(e.path()).unwrap_or_default())
         .collect();
     if cache.len() != 1 || cache[0].trim() != "restricted" {

@@ -76,7 +76,7 @@ fn start_fetch_mid_stream(
     }
 }
 
-/// Issue 5 on the real stack: our binary SIGKILLed at a pseudo-random moment of a `-p 8` fetch
+/// The fault matrix on the real stack: our binary SIGKILLed at a pseudo-random moment of a `-p 8` fetch
 /// (start-up, handshake, peek, eight transfers, renames), with a fresh spool each time. No final
 /// name, in the spool or at WAL_DEST, ever holds other bytes than PostgreSQL archived; the next
 /// call for the same segment delivers them and leaves no temp file.

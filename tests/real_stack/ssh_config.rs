@@ -1,4 +1,4 @@
-//! Real-stack trials of issue 16: ssh_config and host keys as OpenSSH reads them, against real
+//! Real-stack trials: ssh_config and host keys as OpenSSH reads them, against real
 //! sshds started for each trial (`stack.sh sshd-start`): ProxyJump (one hop, a chain of two, a
 //! target only the jump host may reach), ProxyCommand `ssh -W`, hosts known only by their ECDSA
 //! or RSA key, host certificates (trusted, expired), a user certificate, a Match block that must
