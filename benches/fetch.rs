@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use barman_wal_restore::fetch::{FetchOptions, Fetcher};
-use barman_wal_restore::remote::{BarmanServer, Transfer};
+use barman_wal_restore::client::Fetcher;
+use barman_wal_restore::config::{Compression, Server, Transfer};
 use barman_wal_restore::spool::Spool;
 use barman_wal_restore::ssh::{ConnectOptions, Session, SessionStats, SshTarget};
 use barman_wal_restore::wal::WalName;
@@ -71,14 +71,18 @@ fn fetch(c: &mut Criterion) {
                             .expect("connect");
                     let fetcher = Arc::new(Fetcher::new(
                         Arc::new(session),
-                        BarmanServer::new("angus", None).expect("server"),
-                        FetchOptions {
-                            transfer: Transfer::KeepCompression,
+                        Server::new("angus", None).expect("server"),
+                        Transfer {
+                            parallel: window,
+                            compression: Compression::KeepCompression,
                             auto_keep: true,
                             partial: false,
                             verify: true,
-                            verbose: false,
+                            direct_read: false,
+                            connect_timeout: Some(Duration::from_secs(10)),
+                            io_timeout: Duration::from_secs(60),
                         },
+                        false,
                     ));
                     let dir = tempfile::Builder::new()
                         .prefix("fetch-bench")

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser};
 
+use crate::config::Compression;
 use crate::exit::FailurePolicy;
-use crate::remote::Transfer;
 use crate::ssh::ConnectOptions;
 
 /// How to reach the Barman host: shared by `barman-wal-restore` and
@@ -193,21 +193,6 @@ pub struct RestoreArgs {
     #[arg(long = "async-idle", value_name = "SECS", default_value_t = 60)]
     pub async_idle: u64,
 
-    /// Run as the background worker of `--async` (started by a call, not
-    /// by users)
-    #[arg(long = "async-worker", hide = true)]
-    pub async_worker: bool,
-
-    /// The worker's first segment, before any request names one (the
-    /// start of a recovery, from its backup_label)
-    #[arg(long = "async-from", value_name = "WAL", hide = true)]
-    pub async_from: Option<String>,
-
-    /// The data directory of the PostgreSQL the worker serves (where the
-    /// call that started it ran), to tell a standby from an archive recovery
-    #[arg(long = "async-data-dir", value_name = "DIR", hide = true)]
-    pub async_data_dir: Option<std::path::PathBuf>,
-
     /// (ours) Deliver files without checking their WAL headers
     #[arg(long = "no-verify")]
     pub no_verify: bool,
@@ -234,34 +219,18 @@ pub struct RestoreArgs {
 }
 
 impl RestoreArgs {
-    /// Makes every relative path of the command line absolute against
-    /// `base`: for the `--async` worker, which leaves its caller's working
-    /// directory. WAL_DEST is the caller's alone.
-    pub fn resolve_paths_against(&mut self, base: &std::path::Path) {
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        resolve(&mut self.spool_dir);
-        self.connection.identity.iter_mut().for_each(resolve);
-        self.connection.known_hosts.iter_mut().for_each(resolve);
-        self.connection.ssh_config.iter_mut().for_each(resolve);
-        self.async_data_dir.iter_mut().for_each(resolve);
-    }
-
     /// What the user asked the server to send, and whether the choice of
     /// `--keep-compression` is ours (so a server that rejects it is
     /// forgiven).
-    pub fn transfer(&self) -> (Transfer, bool) {
+    pub fn transfer(&self) -> (Compression, bool) {
         if self.gzip {
-            (Transfer::Gzip, false)
+            (Compression::Gzip, false)
         } else if self.bzip2 {
-            (Transfer::Bzip2, false)
+            (Compression::Bzip2, false)
         } else if self.no_keep_compression {
-            (Transfer::Decompressed, false)
+            (Compression::Decompressed, false)
         } else {
-            (Transfer::KeepCompression, !self.keep_compression)
+            (Compression::KeepCompression, !self.keep_compression)
         }
     }
 }
@@ -311,11 +280,11 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(parse(&["--keep-compression", "-z", "h", "s", "w", "d"]).is_err());
         let plain = parse(&["h", "s", "w", "d"]).unwrap();
-        assert_eq!(plain.transfer(), (Transfer::KeepCompression, true));
+        assert_eq!(plain.transfer(), (Compression::KeepCompression, true));
         let explicit = parse(&["--keep-compression", "h", "s", "w", "d"]).unwrap();
-        assert_eq!(explicit.transfer(), (Transfer::KeepCompression, false));
+        assert_eq!(explicit.transfer(), (Compression::KeepCompression, false));
         let original = parse(&["--no-keep-compression", "h", "s", "w", "d"]).unwrap();
-        assert_eq!(original.transfer(), (Transfer::Decompressed, false));
+        assert_eq!(original.transfer(), (Compression::Decompressed, false));
     }
 
     #[test]

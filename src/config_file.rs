@@ -8,9 +8,11 @@
 //! are resolved into one argument vector (file and environment settings as
 //! `--long=value`, then the command line as given) and parsed once by the
 //! CLI definition itself, so a value from the file is checked exactly as on
-//! the command line. That same vector starts the `--async` worker, with
-//! `--config-file=none` and no environment settings: the worker runs with
-//! the settings of the call that started it, even if the file changes.
+//! the command line, and turned into a [`crate::config::Config`] once. The
+//! `--async` worker receives that resolved config from the call that
+//! started it ([`crate::handoff`]) and reads no layer itself: it runs with
+//! the settings of that call, even if the file changes. The same vector,
+//! with `--config-file=none`, is its command line, as a label for `ps`.
 //!
 //! Every option of [`RestoreArgs`] with a long name is a setting, but for
 //! the hidden worker flags and the actions (`--help`, `--version`, `--test`,
@@ -91,13 +93,13 @@ struct Setting {
     origin: Origin,
 }
 
-/// The effective command line, once resolved: what the `--async` worker is
-/// started with.
+/// The effective command line, once resolved: the `--async` worker's
+/// label.
 static EFFECTIVE: OnceLock<Vec<OsString>> = OnceLock::new();
 
-/// The arguments (without the program name) for the `--async` worker: the
-/// call's settings from every layer, with the file and the environment
-/// switched off so that the worker cannot read different ones. Before
+/// The `--async` worker's command line after its flag (without the program
+/// name), shown by `ps` and never parsed: the call's settings from every
+/// layer, and `--config-file=none` since the worker reads no file. Before
 /// [`resolve_process`] ran (library use), this process's own arguments.
 pub fn worker_args() -> Vec<OsString> {
     match EFFECTIVE.get() {
@@ -108,14 +110,6 @@ pub fn worker_args() -> Vec<OsString> {
         }
         None => std::env::args_os().skip(1).collect(),
     }
-}
-
-/// Names of this process's settings variables, for the worker to drop.
-pub fn settings_variables() -> Vec<OsString> {
-    std::env::vars_os()
-        .map(|(name, _)| name)
-        .filter(|name| name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()))
-        .collect()
 }
 
 /// Resolves this process's command line, environment and file; remembers

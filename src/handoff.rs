@@ -18,14 +18,20 @@
 //!   would have worked into a failure).
 //! - `.bwr-worker.log`: the worker's stderr, for the DBA.
 //!
+//! The worker itself gets its settings from the call that starts it, on
+//! its stdin (an [`Assignment`]).
+//!
 //! Every file is written under a temp name and renamed, like the segments.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
 use crate::error::Error;
 use crate::spool::{Spool, TempFile};
 use crate::wal::WalName;
@@ -175,15 +181,74 @@ pub fn worker_running(spool: &Spool) -> bool {
     file.try_lock_shared().is_err()
 }
 
-/// Starts a worker for this call's spool: this same program with this
-/// call's effective settings (command line, environment and file resolved
-/// into arguments: [`crate::config_file::worker_args`]) and `--async-worker`, in this call's working
-/// directory (its relative paths are resolved there, then it moves to
-/// `/`: see [`crate::worker::detach`]), in a session of its own (so
+/// The first argument of a process started as a spool's worker. It reads
+/// its [`Assignment`] from stdin; the rest of its command line is the
+/// starting call's effective settings as a label for `ps` and the DBA,
+/// never parsed.
+pub const WORKER_FLAG: &str = "--async-worker";
+
+/// The most of an assignment read: a few hundred bytes of settings.
+const ASSIGNMENT_LIMIT: u64 = 1 << 20;
+
+/// What a call hands the worker it starts, through the worker's stdin:
+/// the call's resolved settings (its relative paths made absolute), and
+/// what only that call knows. The worker takes them as they are: it reads
+/// no settings file, no environment, no command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The segment to fetch before any request names one (a recovery's
+    /// first, from its backup_label).
+    pub first: Option<String>,
+    /// The data directory of the PostgreSQL the worker serves (where the
+    /// starting call ran), to tell a standby from an archive recovery and
+    /// whose cluster the spool is for.
+    pub data_dir: Option<PathBuf>,
+    pub config: Config,
+}
+
+/// Whether this process was started as a spool's worker.
+pub fn started_as_worker() -> bool {
+    std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == WORKER_FLAG)
+}
+
+/// The worker's side: its assignment, from stdin.
+pub fn read_assignment() -> Result<Assignment, String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(format!(
+            "{WORKER_FLAG} is started by a call with --async, not by hand"
+        ));
+    }
+    let mut text = String::new();
+    stdin
+        .lock()
+        .take(ASSIGNMENT_LIMIT)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the worker's settings: {e}"))?;
+    toml::from_str(&text).map_err(|e| format!("unreadable worker settings: {e}"))
+}
+
+/// Starts a worker for this call's spool: this same program, given this
+/// call's resolved settings on its stdin (its relative paths made absolute
+/// against this call's working directory: the worker runs in `/`, so as
+/// not to keep the data directory busy), in a session of its own (so
 /// neither PostgreSQL's signals to its children nor a terminal reach it),
-/// stdin closed, stdout and stderr to the spool's log.
-pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()> {
+/// stdout and stderr to the spool's log.
+pub fn start_worker(spool: &Spool, config: &Config, from: Option<&WalName>) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
+    let here = std::env::current_dir().ok();
+    let mut config = config.clone();
+    if let Some(here) = &here {
+        config.resolve_paths_against(here);
+    }
+    let assignment = Assignment {
+        first: from.map(WalName::to_string),
+        data_dir: here,
+        config,
+    };
+    let text = toml::to_string(&assignment).map_err(std::io::Error::other)?;
     let log_path = spool.dir().join(LOG_FILE);
     if fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_LIMIT) {
         let _ = fs::remove_file(&log_path);
@@ -198,22 +263,12 @@ pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()
     };
     let mut command = Command::new(std::env::current_exe()?);
     command
+        .arg(WORKER_FLAG)
         .args(crate::config_file::worker_args())
-        .arg("--async-worker")
-        .args(from.map(|wal| format!("--async-from={wal}")))
-        .args(std::env::current_dir().ok().map(|dir| {
-            let mut arg = std::ffi::OsString::from("--async-data-dir=");
-            arg.push(dir);
-            arg
-        }))
-        .stdin(Stdio::null())
+        .current_dir("/")
+        .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // The settings are all in the arguments now; the worker must not read
-    // them again, nor different ones.
-    for variable in crate::config_file::settings_variables() {
-        command.env_remove(variable);
-    }
     // SAFETY: setsid is async-signal-safe, which is all pre_exec asks.
     unsafe {
         command.pre_exec(|| {
@@ -224,16 +279,19 @@ pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()
         });
     }
     // The child is not waited for: when this call exits, init adopts it.
-    command.spawn().map(drop)
+    // Its settings fit in the pipe's buffer: writing them never waits.
+    let mut child = command.spawn()?;
+    let mut stdin = child.stdin.take().expect("a piped stdin");
+    stdin.write_all(text.as_bytes())
 }
 
 /// Starts a worker for `spool` unless one runs, without asking it for
 /// anything yet, but for `from`, the segment it may start fetching. Best
 /// effort: a worker that fails to start here is started again by the
 /// first request.
-pub fn start_worker_unless_running(spool: &Spool, from: Option<&WalName>) {
+pub fn start_worker_unless_running(spool: &Spool, config: &Config, from: Option<&WalName>) {
     if !worker_running(spool) {
-        let _ = start_worker(spool, from);
+        let _ = start_worker(spool, config, from);
     }
 }
 
@@ -288,6 +346,7 @@ impl Drop for Want<'_> {
 /// up to `timeout` for the segment, then moves it to `dest`.
 pub async fn ask_worker(
     spool: &Spool,
+    config: &Config,
     wal: &WalName,
     dest: &Path,
     timeout: Duration,
@@ -323,7 +382,7 @@ pub async fn ask_worker(
                     if starts >= STARTS_PER_CALL {
                         return Ok(Handed::Unanswered("the --async worker does not run".into()));
                     }
-                    if let Err(e) = start_worker(spool, None) {
+                    if let Err(e) = start_worker(spool, config, None) {
                         return Ok(Handed::Unanswered(format!(
                             "cannot start the --async worker: {e}"
                         )));

@@ -27,7 +27,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use crate::cli::RestoreArgs;
+use crate::config::Config;
 use crate::pg_control::ClusterIdentity;
 use crate::spool::Spool;
 use crate::wal::WalName;
@@ -51,18 +51,18 @@ const WANT_MEMORY: Duration = Duration::from_secs(300);
 pub struct Owner(String);
 
 impl Owner {
-    /// The identity of a call with `args`, in the cluster `cluster` (if run
-    /// in a data directory). The host, port and user are as given on the
-    /// command line: the same command line resolves them the same way.
-    pub fn of(args: &RestoreArgs, cluster: Option<&ClusterIdentity>) -> Owner {
+    /// The identity of a call with `config`, in the cluster `cluster` (if
+    /// run in a data directory). The host, port and user are as given on
+    /// the command line: the same command line resolves them the same way.
+    pub fn of(config: &Config, cluster: Option<&ClusterIdentity>) -> Owner {
         let or_default = |v: Option<String>| v.unwrap_or_else(|| "(default)".into());
         Owner(format!(
             "host={}\nport={}\nuser={}\nserver={}\nconfig={}\nsystem_identifier={}\n",
-            args.barman_host,
-            or_default(args.connection.port.map(|p| p.to_string())),
-            or_default(args.connection.user.clone()),
-            args.server_name,
-            or_default(args.connection.config.clone()),
+            config.target.host,
+            or_default(config.target.port.map(|p| p.to_string())),
+            or_default(config.target.user.clone()),
+            config.server.name(),
+            or_default(config.server.config().map(str::to_string)),
             or_default(cluster.map(|c| c.system_identifier.to_string())),
         ))
     }
@@ -192,18 +192,21 @@ fn remove_owned_files(spool: &Spool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::RestoreArgs;
     use clap::Parser;
 
-    fn args(server: &str) -> RestoreArgs {
-        RestoreArgs::parse_from(["bwr", "host", server, "000000010000000000000001", "x"])
+    fn config(server: &str) -> Config {
+        let args =
+            RestoreArgs::parse_from(["bwr", "host", server, "000000010000000000000001", "x"]);
+        Config::from_args(&args).unwrap()
     }
 
     #[test]
     fn one_identity_at_a_time_and_its_files_leave_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
-        let a = Owner::of(&args("a"), None);
-        let b = Owner::of(&args("b"), None);
+        let a = Owner::of(&config("a"), None);
+        let b = Owner::of(&config("b"), None);
         let held_by_a = match claim(&spool, &a, true).unwrap() {
             Claimed::Ours(c) => c,
             other => panic!("{other:?}"),

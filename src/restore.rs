@@ -1,4 +1,5 @@
-//! One restore_command call, from arguments to exit status.
+//! One restore_command call, from its resolved settings and request to
+//! its exit status; talking to Barman is the [`crate::client`]'s.
 //!
 //! Order of work: check every argument locally (no connection for a bad
 //! name); serve a spool hit with a rename and no connection at all; else
@@ -10,23 +11,21 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::RestoreArgs;
-use crate::direct;
+use crate::client::{self, output, Delivered, Fetcher, LayoutSource, Window};
+use crate::config::{Config, OnFailure, Request};
 use crate::error::{Error, ErrorKind};
 use crate::exit::{self, RecoveryMode};
-use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::handoff::{self, Handed};
 use crate::owner::{self, Claim, Claimed, Owner};
 use crate::pg_control::ClusterIdentity;
-use crate::remote::BarmanServer;
 use crate::spool::{self, Spool};
-use crate::ssh::{Session, SessionStats, SshTarget};
+use crate::ssh::{SessionStats, SshTarget};
+use crate::stats;
 use crate::validate::LongPageHeader;
 use crate::wal::{self, WalKind, WalName};
 
-/// How many times a call tries to connect before it reports a connection
-/// failure (a reconnect after a session broke mid-transfer tries once).
-pub(crate) const CONNECT_ATTEMPTS: u32 = 3;
+/// How many sessions a call opens for its file: a reconnect after a
+/// session broke mid-transfer, once.
 const SESSION_ATTEMPTS: u32 = 2;
 
 /// What a successful call did.
@@ -45,15 +44,15 @@ pub enum Outcome {
 
 /// Runs the call and returns the exit status, printing one `ERROR:` line on
 /// failure (after `--sleep` for a failure that was not local).
-pub async fn run(args: &RestoreArgs) -> i32 {
+pub async fn run(config: &Config, request: &Request) -> i32 {
     let stats = Arc::new(SessionStats::default());
     let cluster = cluster_here();
     crate::validate::set_data_directory(std::path::Path::new("."));
-    let result = within_call_deadline(args, &stats, cluster.as_ref()).await;
-    write_stats(&stats);
+    let result = within_call_deadline(config, request, &stats, cluster.as_ref()).await;
+    stats::write_call_stats(&stats);
     match result {
         Ok(outcome) => {
-            if args.verbose {
+            if config.verbose {
                 report(&outcome, &stats);
                 report_identity(cluster.as_ref(), &outcome);
             }
@@ -61,22 +60,39 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         }
         Err(failure) => {
             eprintln!("ERROR: {failure}");
-            if args.sleep > 0 && !failure.kind().is_local() {
-                tokio::time::sleep(Duration::from_secs(args.sleep)).await;
+            let sleep = config.on_failure.sleep;
+            if !sleep.is_zero() && !failure.kind().is_local() {
+                tokio::time::sleep(sleep).await;
             }
-            let mode = RecoveryMode::detect(std::path::Path::new("."));
-            let code = args.on_failure.exit_code(&failure, mode);
-            if code == exit::ABORT_RECOVERY {
-                eprintln!(
-                    "ERROR: stopping recovery instead of ending it early without {}: fix the cause \
-                     and start PostgreSQL again, recovery resumes where it stopped \
-                     (--on-failure=not-available would end recovery here instead)",
-                    args.wal_name.escape_debug()
-                );
-            }
-            code
+            status_of(&failure, &config.on_failure, request)
         }
     }
+}
+
+/// A call whose settings were refused as they were resolved (a bad
+/// SERVER_NAME or `--config`, see [`Config::from_args`]): a local failure,
+/// reported as the call would have reported it, no connection made.
+pub fn refused(failure: Error, on_failure: &OnFailure, request: &Request) -> i32 {
+    let _ = cluster_here();
+    stats::write_call_stats(&SessionStats::default());
+    eprintln!("ERROR: {failure}");
+    status_of(&failure, on_failure, request)
+}
+
+/// The exit status for `failure`, with the line that says why recovery
+/// stops when the policy stops it.
+fn status_of(failure: &Error, on_failure: &OnFailure, request: &Request) -> i32 {
+    let mode = RecoveryMode::detect(std::path::Path::new("."));
+    let code = on_failure.policy.exit_code(failure, mode);
+    if code == exit::ABORT_RECOVERY {
+        eprintln!(
+            "ERROR: stopping recovery instead of ending it early without {}: fix the cause \
+             and start PostgreSQL again, recovery resumes where it stopped \
+             (--on-failure=not-available would end recovery here instead)",
+            request.wal_name.escape_debug()
+        );
+    }
+    code
 }
 
 /// The cluster PostgreSQL runs this call for: restore_command runs in its
@@ -126,7 +142,7 @@ fn confirm(
     wal: &str,
     dest: &std::path::Path,
     source: Source,
-    args: &RestoreArgs,
+    config: &Config,
 ) -> Result<(), String> {
     let Some(cluster) = cluster else {
         return Ok(());
@@ -146,7 +162,7 @@ fn confirm(
     let found = match header {
         Some(h) => (h.system_identifier, h.segment_size),
         // --no-verify delivers what it got; nothing to compare it with.
-        None if args.no_verify => return Ok(()),
+        None if !config.transfer.verify => return Ok(()),
         None => (0, 0),
     };
     if found == (cluster.system_identifier, cluster.segment_size) {
@@ -167,12 +183,13 @@ fn confirm(
     Err(match source {
         Source::Spool => format!(
             "{what}: a leftover of another cluster in spool {} (a spool shared between clusters?)",
-            args.spool_dir.display()
+            config.spool.dir.display()
         ),
         Source::Barman => format!(
             "{what}: Barman server '{}' on '{}' archives another cluster (wrong SERVER_NAME \
              in restore_command?); not delivered",
-            args.server_name, args.barman_host
+            config.server.name(),
+            config.target.host
         ),
     })
 }
@@ -183,19 +200,26 @@ fn confirm(
 /// failing for it would stop a recovery that Barman can serve. A foreign
 /// file from Barman is a failure, never delivered.
 async fn restore_confirmed(
-    args: &RestoreArgs,
+    config: &Config,
+    request: &Request,
     stats: &Arc<SessionStats>,
     cluster: Option<&ClusterIdentity>,
     deadline: tokio::time::Instant,
 ) -> Result<Outcome, Error> {
     let mut local = true;
     loop {
-        let outcome = run_restore(args, stats, cluster, local, deadline).await?;
+        let outcome = run_restore(config, request, stats, cluster, local, deadline).await?;
         let source = match outcome {
             Outcome::FromSpool | Outcome::FromWorker => Source::Spool,
             _ => Source::Barman,
         };
-        match confirm(cluster, &args.wal_name, &args.wal_dest, source, args) {
+        match confirm(
+            cluster,
+            &request.wal_name,
+            &request.wal_dest,
+            source,
+            config,
+        ) {
             Ok(()) => return Ok(outcome),
             Err(why) if source == Source::Spool && local => {
                 eprintln!("WARNING: {why}: removed it; fetching it from Barman");
@@ -228,39 +252,6 @@ fn report(outcome: &Outcome, stats: &SessionStats) {
     }
 }
 
-/// For benchmarks: `BARMAN_WAL_RESTORE_STATS=FILE` appends
-/// `connections channels refused peak_rss_kib` of this call to FILE. The
-/// peak RSS is read here because a parent's `wait4` may count memory of
-/// the parent copied before `exec`.
-fn write_stats(stats: &SessionStats) {
-    let Some(path) = std::env::var_os("BARMAN_WAL_RESTORE_STATS") else {
-        return;
-    };
-    let (connections, channels, refused) = stats.snapshot();
-    let peak_rss_kib = peak_rss_kib();
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{connections} {channels} {refused} {peak_rss_kib}");
-    }
-}
-
-/// This process's peak resident set size, in KiB.
-pub(crate) fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// How long one call may take, in `--io-timeout`s, whatever happens: the
 /// idle timer and the per-transfer bound each cover one wait, this covers
 /// their sum (a handoff, connection attempts, a transfer, a reconnect and
@@ -268,22 +259,23 @@ pub(crate) fn peak_rss_kib() -> u64 {
 pub const CALL_IO_TIMEOUTS: u32 = 10;
 
 /// The call's deadline: see [`CALL_IO_TIMEOUTS`].
-pub fn call_limit(args: &RestoreArgs) -> Duration {
-    Duration::from_secs(args.connection.io_timeout.max(1)) * CALL_IO_TIMEOUTS
+pub fn call_limit(config: &Config) -> Duration {
+    config.transfer.io_timeout * CALL_IO_TIMEOUTS
 }
 
 async fn within_call_deadline(
-    args: &RestoreArgs,
+    config: &Config,
+    request: &Request,
     stats: &Arc<SessionStats>,
     cluster: Option<&ClusterIdentity>,
 ) -> Result<Outcome, Error> {
-    let limit = call_limit(args);
+    let limit = call_limit(config);
     let deadline = tokio::time::Instant::now() + limit;
     let call = async {
-        if args.test {
-            run_test(args, stats).await
+        if request.test {
+            run_test(config, request, stats).await
         } else {
-            restore_confirmed(args, stats, cluster, deadline).await
+            restore_confirmed(config, request, stats, cluster, deadline).await
         }
     };
     match tokio::time::timeout_at(deadline, call).await {
@@ -295,38 +287,53 @@ async fn within_call_deadline(
             Err(Error::connection(format!(
                 "gave up on {} after {} s, the deadline of one call ({CALL_IO_TIMEOUTS} x \
                  --io-timeout): the Barman host answers too slowly or never finishes",
-                args.wal_name.escape_debug(),
+                request.wal_name.escape_debug(),
                 limit.as_secs()
             )))
         }
     }
 }
 
-async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outcome, Error> {
-    let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
-    let target = Arc::new(SshTarget::resolve(
-        &args.connection.connect_options(&args.barman_host),
-    )?);
-    let session =
-        Session::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS, args.verbose)
-            .await?;
+/// The longest `--test` answer kept: Barman's is a few lines.
+const TEST_ANSWER_CAP: usize = 1 << 20;
+
+async fn run_test(
+    config: &Config,
+    request: &Request,
+    stats: &Arc<SessionStats>,
+) -> Result<Outcome, Error> {
+    let target = Arc::new(SshTarget::resolve(&config.connect_options())?);
+    let session = client::connect_with_retries(
+        target,
+        stats.clone(),
+        client::CONNECT_ATTEMPTS,
+        config.verbose,
+    )
+    .await?;
     // What we resolved and whom we reached, on stderr: stdout stays Barman's answer.
     eprint!(
         "{}",
         session.target().describe(session.host_key_fingerprint())
     );
-    let result = session.run(&server.test(&args.wal_name)).await;
+    let answer = async {
+        let test = config.server.test(&request.wal_name);
+        let exec = session.exec(&test).await.map_err(|e| match e {
+            crate::ssh::OpenError::Failed(f) => f,
+            crate::ssh::OpenError::Refused => {
+                Error::connection("the server refused a channel")
+            }
+        })?;
+        output::read(exec, TEST_ANSWER_CAP, output::Beyond::Drop, None).await
+    }
+    .await;
     session.close().await;
-    let (stdout, exit) = result.map_err(|e| match e {
-        crate::ssh::OpenError::Failed(f) => f,
-        crate::ssh::OpenError::Refused => Error::connection("the server refused a channel"),
-    })?;
-    std::io::stdout().write_all(&stdout).ok();
-    std::io::stderr().write_all(&exit.stderr).ok();
-    if exit.status == Some(0) {
+    let answer = answer?;
+    std::io::stdout().write_all(&answer.stdout).ok();
+    std::io::stderr().write_all(&answer.exit.stderr).ok();
+    if answer.exit.status == Some(0) {
         Ok(Outcome::Tested)
     } else {
-        Err(exit.into_failure("barman get-wal --test"))
+        Err(answer.exit.into_failure("barman get-wal --test"))
     }
 }
 
@@ -335,31 +342,31 @@ async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outco
 /// trust is ignored rather than fatal, since nothing needs it. A spool
 /// that another caller identity holds is not used at all (see
 /// [`crate::owner`]).
-fn open_spool(args: &RestoreArgs, me: &Owner) -> Result<Option<(Spool, Claim)>, Error> {
-    let spool = if args.parallel > 0 {
-        Spool::open(&args.spool_dir)?
-    } else if args.spool_dir.is_dir() {
-        match Spool::open(&args.spool_dir) {
+fn open_spool(config: &Config, me: &Owner) -> Result<Option<(Spool, Claim)>, Error> {
+    let spool = if config.spool.own {
+        Spool::open(&config.spool.dir)?
+    } else if config.spool.dir.is_dir() {
+        match Spool::open(&config.spool.dir) {
             Ok(spool) => spool,
             Err(_) => return Ok(None),
         }
     } else {
         return Ok(None);
     };
-    match owner::claim(&spool, me, args.parallel > 0) {
+    match owner::claim(&spool, me, config.spool.own) {
         Ok(Claimed::Ours(claim)) => Ok(Some((spool, claim))),
         Ok(Claimed::Held(other)) => {
-            if args.verbose {
+            if config.verbose {
                 eprintln!(
                     "WARNING: spool {} holds the files of another caller ({other}); \
                      working without it",
-                    args.spool_dir.display()
+                    config.spool.dir.display()
                 );
             }
             Ok(None)
         }
-        Err(e) if args.parallel > 0 => Err(Error::io(
-            format!("spool {}: cannot claim it: {e}", args.spool_dir.display()),
+        Err(e) if config.spool.own => Err(Error::io(
+            format!("spool {}: cannot claim it: {e}", config.spool.dir.display()),
             e,
         )),
         Err(_) => Ok(None),
@@ -369,25 +376,26 @@ fn open_spool(args: &RestoreArgs, me: &Owner) -> Result<Option<(Spool, Claim)>, 
 /// What every call checks before anything else, no connection involved.
 struct Checked {
     wal: WalName,
-    server: BarmanServer,
     dest: std::path::PathBuf,
     spool: Option<Spool>,
     /// Held while the call uses the spool.
     _claim: Option<Claim>,
 }
 
-fn check_locally(args: &RestoreArgs, cluster: Option<&ClusterIdentity>) -> Result<Checked, Error> {
-    let wal = WalName::parse(&args.wal_name).map_err(|e| Error::invalid_input(e.to_string()))?;
-    let server = BarmanServer::new(&args.server_name, args.connection.config.as_deref())?;
-    let dest = args.wal_dest.clone();
+fn check_locally(
+    config: &Config,
+    request: &Request,
+    cluster: Option<&ClusterIdentity>,
+) -> Result<Checked, Error> {
+    let wal = WalName::parse(&request.wal_name).map_err(|e| Error::invalid_input(e.to_string()))?;
+    let dest = request.wal_dest.clone();
     spool::check_destination(&dest)?;
     // Leftovers of a killed run beside WAL_DEST go with the next call, hit
     // or miss (a read_dir of pg_wal: tens of microseconds).
     spool::remove_dead_temp_files(spool::parent_dir(&dest));
-    let (spool, claim) = open_spool(args, &Owner::of(args, cluster))?.unzip();
+    let (spool, claim) = open_spool(config, &Owner::of(config, cluster))?.unzip();
     Ok(Checked {
         wal,
-        server,
         dest,
         spool,
         _claim: claim,
@@ -409,30 +417,30 @@ fn take_from_spool(checked: &Checked) -> Result<bool, Error> {
 /// rename and should cost little more than the process start. `None` when
 /// the call needs more (a miss, `--test`, or a problem that the full path
 /// reports).
-pub fn serve_from_spool(args: &RestoreArgs) -> Option<i32> {
-    if args.test {
+pub fn serve_from_spool(config: &Config, request: &Request) -> Option<i32> {
+    if request.test {
         return None;
     }
     let cluster = ClusterIdentity::of_data_dir(std::path::Path::new("."))
         .ok()
         .flatten();
-    let checked = check_locally(args, cluster.as_ref()).ok()?;
+    let checked = check_locally(config, request, cluster.as_ref()).ok()?;
     if !take_from_spool(&checked).ok()? {
         return None;
     }
     if let Err(why) = confirm(
         cluster.as_ref(),
-        &args.wal_name,
-        &args.wal_dest,
+        &request.wal_name,
+        &request.wal_dest,
         Source::Spool,
-        args,
+        config,
     ) {
         // The full path fetches it from Barman.
         eprintln!("WARNING: {why}: removed it; fetching it from Barman");
         return None;
     }
-    write_stats(&SessionStats::default());
-    if args.verbose {
+    stats::write_call_stats(&SessionStats::default());
+    if config.verbose {
         report(&Outcome::FromSpool, &SessionStats::default());
         report_identity(cluster.as_ref(), &Outcome::FromSpool);
     }
@@ -442,13 +450,14 @@ pub fn serve_from_spool(args: &RestoreArgs) -> Option<i32> {
 /// One attempt: the spool, the worker, then Barman; with `local` false,
 /// Barman alone.
 async fn run_restore(
-    args: &RestoreArgs,
+    config: &Config,
+    request: &Request,
     stats: &Arc<SessionStats>,
     cluster: Option<&ClusterIdentity>,
     local: bool,
     deadline: tokio::time::Instant,
 ) -> Result<Outcome, Error> {
-    let checked = check_locally(args, cluster)?;
+    let checked = check_locally(config, request, cluster)?;
     if checked.wal.kind() == WalKind::History && checked.wal.timeline() == 1 {
         // PostgreSQL writes a history file only when it creates a timeline,
         // and timeline 1 is never created that way: no archive has this
@@ -465,7 +474,6 @@ async fn run_restore(
     }
     let Checked {
         wal,
-        server,
         dest,
         spool,
         _claim,
@@ -476,32 +484,34 @@ async fn run_restore(
     // segments: a worker started now connects and learns the layout while
     // this call runs, and is ready when the first segment is asked for.
     let layout = if wal.kind() == WalKind::History {
-        if let (true, Some(spool)) = (args.async_prefetch, &spool) {
+        if let (true, Some(spool)) = (config.background.enabled, &spool) {
             // PostgreSQL runs restore_command in its data directory.
             let first = std::fs::read_to_string("backup_label")
                 .ok()
                 .and_then(|label| wal::backup_label_start(&label));
-            handoff::start_worker_unless_running(spool, first.as_ref());
+            handoff::start_worker_unless_running(spool, config, first.as_ref());
         }
         LayoutSource::CacheOnly
     } else {
         LayoutSource::CacheOrBarman
     };
-    if args.async_prefetch && wal.is_segment() && local {
+    if config.background.enabled && wal.is_segment() && local {
         if let Some(spool) = &spool {
-            let timeout = Duration::from_secs(args.connection.io_timeout.max(1));
-            match handoff::ask_worker(spool, &wal, &dest, timeout).await? {
+            let timeout = config.transfer.io_timeout;
+            match handoff::ask_worker(spool, config, &wal, &dest, timeout).await? {
                 Handed::Delivered => return Ok(Outcome::FromWorker),
                 // With -P, the partial file of a missing segment is a direct fetch's job.
-                Handed::Missing(message) if !args.partial => return Err(Error::not_found(message)),
+                Handed::Missing(message) if !config.transfer.partial => {
+                    return Err(Error::not_found(message))
+                }
                 Handed::Missing(_) => {}
                 Handed::Unanswered(why) => {
-                    if args.verbose {
+                    if config.verbose {
                         eprintln!("WARNING: {why}; fetching {wal} without the worker");
                     }
                 }
             }
-        } else if args.verbose {
+        } else if config.verbose {
             eprintln!(
                 "WARNING: --async needs a spool of this caller's own (-p 1 or more); \
                  fetching directly"
@@ -510,29 +520,23 @@ async fn run_restore(
     }
     // What PostgreSQL has moved past goes (with --async, the worker does
     // this, and keeps what it knows PostgreSQL will read again).
-    if let (Some(spool), false) = (&spool, args.async_prefetch) {
+    if let (Some(spool), false) = (&spool, config.background.enabled) {
         spool.purge_stale(&wal, None);
     }
 
-    let target = Arc::new(SshTarget::resolve(
-        &args.connection.connect_options(&args.barman_host),
-    )?);
+    let target = Arc::new(SshTarget::resolve(&config.connect_options())?);
     let mut session_attempt = 1;
     let mut broke: Option<Error> = None;
     loop {
         // The first connection gets the bounded retries; a reconnect after a
         // session that broke or stalled mid-transfer gets one try, so a hung
         // host costs --io-timeout plus one --connect-timeout, not three.
-        let attempts = if broke.is_some() { 1 } else { CONNECT_ATTEMPTS };
-        let connected = connect(
-            args,
-            &target,
-            &server,
-            spool.as_ref(),
-            stats,
-            attempts,
-            layout,
-        );
+        let attempts = if broke.is_some() {
+            1
+        } else {
+            client::CONNECT_ATTEMPTS
+        };
+        let connected = client::connect(config, &target, spool.as_ref(), stats, attempts, layout);
         let fetcher = match connected.await {
             Ok(fetcher) => fetcher,
             // Say what broke first: the reconnect's own failure alone would
@@ -551,20 +555,20 @@ async fn run_restore(
         };
         // A delivered file is not given up for prefetches still running:
         // they get nine tenths of the call's time.
-        let prefetch_deadline = deadline - call_limit(args) / 10;
+        let prefetch_deadline = deadline - call_limit(config) / 10;
         let result = fetch_with_prefetch(
             &fetcher,
             &wal,
             &dest,
             spool.as_ref(),
-            args.parallel,
+            config.transfer.parallel,
             prefetch_deadline,
         )
         .await;
         fetcher.session().close().await;
         match result {
             Err(failure) if failure.is_transient() && session_attempt < SESSION_ATTEMPTS => {
-                if args.verbose {
+                if config.verbose {
                     eprintln!("WARNING: {failure}; reconnecting");
                 }
                 session_attempt += 1;
@@ -573,66 +577,6 @@ async fn run_restore(
             other => return other,
         }
     }
-}
-
-/// How this call's files are asked for and checked.
-fn fetch_options(args: &RestoreArgs) -> FetchOptions {
-    let (transfer, auto_keep) = args.transfer();
-    FetchOptions {
-        transfer,
-        auto_keep,
-        partial: args.partial,
-        verify: !args.no_verify,
-        verbose: args.verbose,
-    }
-}
-
-/// Where a connection may learn the archive layout for `--direct-read`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LayoutSource {
-    /// The spool's cache, else `barman show-server`.
-    CacheOrBarman,
-    /// The spool's cache only: for one small file, a `show-server` costs
-    /// the same Barman start-up as the `get-wal` it would save.
-    CacheOnly,
-}
-
-/// One session and a fetcher on it, with the archive layout learnt when
-/// `--direct-read` asks for it (the spool caches that answer).
-pub(crate) async fn connect(
-    args: &RestoreArgs,
-    target: &Arc<SshTarget>,
-    server: &BarmanServer,
-    spool: Option<&Spool>,
-    stats: &Arc<SessionStats>,
-    attempts: u32,
-    layout: LayoutSource,
-) -> Result<Arc<Fetcher>, Error> {
-    let session = Arc::new(
-        Session::connect_with_retries(target.clone(), stats.clone(), attempts, args.verbose)
-            .await?,
-    );
-    let fetcher = Arc::new(Fetcher::new(session, server.clone(), fetch_options(args)));
-    if args.direct_read {
-        let key = format!(
-            "{}|{:?}|{}",
-            target.display(),
-            server.config(),
-            server.name()
-        );
-        let cache = spool.map(|s| direct::cache_path(s.dir(), &key));
-        fetcher
-            .learn_layout(cache, layout == LayoutSource::CacheOrBarman)
-            .await;
-    }
-    Ok(fetcher)
-}
-
-/// How many names to ask `get-wal --peek` for: a few windows' worth, so the
-/// next misses find their names in the spool's copy of the answer and
-/// start prefetching without a peek of their own.
-pub(crate) fn peek_size(parallel: usize) -> usize {
-    (parallel * 4).clamp(parallel, 256)
 }
 
 /// The requested file and, with `-p N`, the next N-1 ones, on one session.
@@ -656,24 +600,21 @@ async fn fetch_with_prefetch(
             let wal = wal.clone();
             let spool = spool.clone();
             Some(tokio::spawn(async move {
-                let listed = match spool.known_after(&wal, parallel - 1) {
-                    Some(known) => known,
-                    None => match fetcher.peek(&wal, peek_size(parallel)).await {
+                let window = Window::for_call(parallel);
+                // The spool's copy of an earlier peek, when it reaches far
+                // enough past this segment, saves a peek.
+                let listing: Vec<WalName> = match spool.known_after(&wal, window.size()) {
+                    Some(known) => std::iter::once(wal.clone()).chain(known).collect(),
+                    None => match fetcher.peek(&wal, window.peek_size()).await {
                         Ok(names) => {
-                            let listed: Vec<WalName> = std::iter::once(wal.clone())
-                                .chain(names.into_iter().filter(|n| n.is_segment() && n != &wal))
-                                .collect();
-                            spool.remember_listing(&listed);
-                            listed
+                            let listing = window.listing(&wal, names);
+                            spool.remember_listing(&listing);
+                            listing
                         }
                         Err(failure) => return (0, vec![failure]),
                     },
                 };
-                let names: Vec<WalName> = listed
-                    .into_iter()
-                    .filter(|n| n != &wal && !spool.contains(n))
-                    .take(parallel - 1)
-                    .collect();
+                let names = window.ahead(&listing, &wal, |n| spool.contains(n));
                 let results = fetcher
                     .prefetch(
                         names,
@@ -719,7 +660,7 @@ async fn fetch_with_prefetch(
         },
         None => (0, Vec::new()),
     };
-    if fetcher.options().verbose {
+    if fetcher.verbose() {
         for failure in &prefetch_failures {
             eprintln!("WARNING: {failure}");
         }
@@ -730,7 +671,7 @@ async fn fetch_with_prefetch(
         (Err(failure), Some(spool))
             if failure.kind() == ErrorKind::DiskFull && spool.evict_prefetched(wal) > 0 =>
         {
-            if fetcher.options().verbose {
+            if fetcher.verbose() {
                 eprintln!("WARNING: {failure}; dropped prefetched files to make room");
             }
             fetcher.transfer_requested(wal, dest).await

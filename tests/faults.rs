@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use barman_wal_restore::fetch::MAX_STREAMS;
+use barman_wal_restore::client::MAX_STREAMS;
 use common::*;
 use embedded_barman::{ArchiveSpec, FaultRule, StoredCompression, StreamFault, Target};
 use rand::Rng;

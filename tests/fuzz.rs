@@ -8,8 +8,8 @@
 
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 
+use barman_wal_restore::client::command::parse_peek;
 use barman_wal_restore::decode::{decode_stream, DecodeError, MAX_DECODED};
-use barman_wal_restore::remote::parse_peek;
 use barman_wal_restore::validate;
 use barman_wal_restore::wal::{WalKind, WalName};
 use embedded_barman::StoredCompression;

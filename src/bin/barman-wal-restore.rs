@@ -1,15 +1,26 @@
-//! `barman-wal-restore`: PostgreSQL's restore_command. Parses the command
-//! line (under it, the environment and the settings file) and hands it to
-//! the library; everything else lives there.
+//! `barman-wal-restore`: PostgreSQL's restore_command. Resolves its settings
+//! once (the command line over the environment over the settings file) and
+//! hands them to the library; everything else lives there. Started as a
+//! spool's `--async` worker, it gets its settings from the call that started
+//! it instead.
 
+use std::future::Future;
+
+use barman_wal_restore::config::{Config, OnFailure, Request};
 use barman_wal_restore::config_file::{self, Resolution};
 use barman_wal_restore::error::{Error, ErrorKind};
-use barman_wal_restore::{exit, restore, shutdown, worker};
+use barman_wal_restore::{exit, handoff, restore, shutdown, worker};
 
 fn main() {
-    // The command line over the environment over the settings file; a bad
-    // setting is a usage error, before any connection.
-    let mut args = match config_file::resolve_process() {
+    if handoff::started_as_worker() {
+        let code = match handoff::read_assignment() {
+            Ok(assignment) => run_async(worker::run(&assignment)),
+            Err(e) => fail(Error::local(e)),
+        };
+        std::process::exit(code);
+    }
+    // A bad setting is a usage error, before any connection.
+    let args = match config_file::resolve_process() {
         Ok(Resolution::Run(args)) => *args,
         Ok(Resolution::Show(text)) => {
             print!("{text}");
@@ -17,14 +28,22 @@ fn main() {
         }
         Err(e) => fail(Error::new(ErrorKind::Usage, e.0)),
     };
-    if args.async_worker {
-        worker::detach(&mut args);
-    }
-    if !args.async_worker {
-        if let Some(code) = restore::serve_from_spool(&args) {
-            std::process::exit(code);
+    let request = Request::from_args(&args);
+    let config = match Config::from_args(&args) {
+        Ok(config) => config,
+        Err(failure) => {
+            let on_failure = OnFailure::from_args(&args);
+            std::process::exit(restore::refused(failure, &on_failure, &request));
         }
+    };
+    if let Some(code) = restore::serve_from_spool(&config, &request) {
+        std::process::exit(code);
     }
+    std::process::exit(run_async(restore::run(&config, &request)));
+}
+
+/// Runs `work` on a small runtime that leaves as soon as it is done.
+fn run_async(work: impl Future<Output = i32>) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,15 +54,11 @@ fn main() {
     };
     let code = runtime.block_on(async {
         shutdown::exit_on_signals();
-        if args.async_worker {
-            worker::run(&args).await
-        } else {
-            restore::run(&args).await
-        }
+        work.await
     });
     // Leave without waiting for blocking threads: every transfer has ended.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    std::process::exit(code);
+    code
 }
 
 /// One `ERROR:` line and the status [`exit`] gives the failure.

@@ -363,35 +363,6 @@ impl Session {
         }
     }
 
-    /// Connects with bounded retries: a transient failure (refused, reset,
-    /// timed out) is tried again after a growing pause; a host key or
-    /// authentication refusal is not, since it cannot change by waiting.
-    pub async fn connect_with_retries(
-        target: Arc<SshTarget>,
-        stats: Arc<SessionStats>,
-        attempts: u32,
-        verbose: bool,
-    ) -> Result<Session, Error> {
-        let mut pause = Duration::from_millis(250);
-        let mut attempt = 1;
-        loop {
-            match Session::connect(target.clone(), stats.clone()).await {
-                Ok(session) => return Ok(session),
-                Err(e) if attempt >= attempts || !e.kind().is_retryable() => return Err(e),
-                Err(e) => {
-                    if verbose {
-                        eprintln!(
-                            "WARNING: attempt {attempt}/{attempts}: {e}; retrying in {pause:?}"
-                        );
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(4));
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
     /// The transport to `target` (TCP, a ProxyCommand's stdio, or a
     /// channel through the hop before it), the SSH handshake with its host
     /// key check, and authentication.
@@ -526,20 +497,6 @@ impl Session {
             idle: self.target.io_timeout,
             host: self.target.display(),
         })
-    }
-
-    /// Runs a command whose output is small (peek, test) and returns its
-    /// stdout and how it ended.
-    pub async fn run(&self, command: &str) -> Result<(Vec<u8>, RemoteExit), OpenError> {
-        let mut exec = self.exec(command).await?;
-        let mut stdout = Vec::new();
-        while let Some(chunk) = exec.next_stdout().await.map_err(OpenError::Failed)? {
-            // Bounded: a peek answer is a few lines; more is not Barman.
-            if stdout.len() < (1 << 20) {
-                stdout.extend_from_slice(&chunk);
-            }
-        }
-        Ok((stdout, exec.finish().await))
     }
 
     /// Ends the session politely.
@@ -831,7 +788,7 @@ async fn authenticate(handle: &mut Handle<ClientHandler>, target: &SshTarget) ->
 }
 
 /// How a remote command ended, as sshd reported it. What a status means
-/// is the remote program's business: Barman's in [`crate::remote`].
+/// is the remote program's business: Barman's in [`crate::client`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteExit {
     /// `None` when the channel closed without an exit status.

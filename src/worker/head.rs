@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::segments::MISS_REUSE;
+pub(super) use crate::client::window::follows;
+use crate::client::window::{Reach, Window};
 use crate::wal::WalName;
 
 /// At the archive's head, how often to ask Barman for new segments (each
@@ -23,12 +25,6 @@ pub(super) const PROBE_COST_GUESS: Duration = Duration::from_millis(500);
 /// How long a probe past the head is remembered (so not made again); the
 /// head polls go on meanwhile.
 pub(super) const PROBE_MEMORY: Duration = Duration::from_secs(60);
-
-/// Whether `wal` comes after `cursor` on its timeline: what the window
-/// may hold once PostgreSQL is at `cursor`.
-pub(super) fn follows(wal: &WalName, cursor: &WalName) -> bool {
-    wal.timeline() == cursor.timeline() && wal.position() > cursor.position()
-}
 
 /// How many of the window's segments may start now: a waiting PostgreSQL
 /// comes first, so while a call waits only what it asked for and the
@@ -110,14 +106,9 @@ impl Default for Head {
 
 impl Head {
     /// The listed segments after `cursor` the window holds: `window` at
-    /// most.
+    /// most, whatever the spool holds ([`Window::for_worker`]).
     pub(super) fn ahead(&self, cursor: &WalName, window: usize) -> Vec<WalName> {
-        self.listing
-            .iter()
-            .filter(|n| follows(n, cursor))
-            .take(window)
-            .cloned()
-            .collect()
+        Window::for_worker(window).ahead(&self.listing, cursor, |_| false)
     }
 
     /// Whether the last listing says where `cursor` is: it lists it, or
@@ -171,12 +162,7 @@ impl Head {
     pub(super) fn listed(&mut self, from: WalName, asked: usize, names: Vec<WalName>) {
         self.listing_runs = false;
         self.at_head = names.len() < asked;
-        let mut listing: Vec<WalName> = names
-            .into_iter()
-            .filter(|n| n.is_segment() && follows(n, &from))
-            .collect();
-        listing.sort_by_key(|n| n.position());
-        self.listing = listing;
+        self.listing = Reach::Positions.listing(&from, names);
         self.listed_from = Some(from);
     }
 

@@ -5,7 +5,8 @@
 //! It learns where PostgreSQL is from the spool alone (see
 //! [`crate::handoff`]): a request names the segment a call missed, and a
 //! segment it delivered that disappears was taken by a call (a spool hit).
-//! The window is the N segments Barman listed after that position; what it
+//! The window is the N segments Barman listed after that position
+//! ([`client::Window::for_worker`]); what it
 //! fetches goes through [`Fetcher::transfer`], the same temp name,
 //! validation, fsync and rename as a direct fetch. It answers a request it
 //! cannot fulfil (Barman's "not found", or any failure) so the call can act
@@ -13,6 +14,9 @@
 //! `--async-idle` seconds without a request or a hit, when its spool
 //! disappears, or soon after a caller of another identity asked for the
 //! spool (see [`crate::owner`]): it serves one caller identity only.
+//!
+//! Its settings are those of the call that started it, resolved by that
+//! call and handed over on stdin ([`crate::handoff::Assignment`]).
 //!
 //! This module does the I/O (the spool, the session, the jobs); what the
 //! worker knows lives in types that take the time as an argument: `book`
@@ -30,17 +34,15 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::cli::RestoreArgs;
+use crate::client::{self, Delivered, Fetcher, LayoutSource, Window, CONNECT_ATTEMPTS};
 use crate::error::{Error, ErrorKind};
 use crate::exit::{self, RecoveryMode};
-use crate::fetch::{Delivered, Fetcher};
-use crate::handoff::{self, Answer, Request};
+use crate::handoff::{self, Answer, Assignment, Request};
 use crate::owner::{self, Claimed, Owner};
 use crate::pg_control::ClusterIdentity;
-use crate::remote::BarmanServer;
-use crate::restore;
 use crate::spool::{self, Spool};
 use crate::ssh::{SessionStats, SshTarget};
+use crate::stats;
 use crate::wal::WalName;
 
 use book::Book;
@@ -64,17 +66,6 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 /// `--async-idle`.
 const YIELD_AFTER: Duration = Duration::from_secs(2);
 
-/// Makes the worker's paths independent of its working directory, then
-/// leaves it: the worker is started in its caller's (the data directory,
-/// where relative `--spool-dir`, `-i`, `-F` and `--known-hosts` mean
-/// something) and must not keep it busy for its whole life.
-pub fn detach(args: &mut RestoreArgs) {
-    if let Ok(here) = std::env::current_dir() {
-        args.resolve_paths_against(&here);
-    }
-    let _ = std::env::set_current_dir("/");
-}
-
 /// What a background job reports.
 enum Done {
     /// A transfer and when it started.
@@ -83,7 +74,8 @@ enum Done {
 }
 
 struct Worker<'a> {
-    args: &'a RestoreArgs,
+    /// Its settings and the starting call's data directory.
+    assignment: &'a Assignment,
     spool: Spool,
     /// The spool directory's device and inode: a directory made again at
     /// the same path (a new recovery) is not this worker's spool.
@@ -91,7 +83,6 @@ struct Worker<'a> {
     window: usize,
     idle: Duration,
     target: Arc<SshTarget>,
-    server: BarmanServer,
     stats: Arc<SessionStats>,
     fetcher: Option<Arc<Fetcher>>,
     next_connect: Instant,
@@ -118,13 +109,14 @@ struct Worker<'a> {
     owner: Owner,
 }
 
-/// Runs the worker for the spool of `args` and returns its exit status
-/// (nobody waits for it; the log says why it ended).
-pub async fn run(args: &RestoreArgs) -> i32 {
-    if let Some(dir) = &args.async_data_dir {
+/// Runs the worker its starting call assigned, and returns its exit
+/// status (nobody waits for it; the log says why it ended).
+pub async fn run(assignment: &Assignment) -> i32 {
+    let config = &assignment.config;
+    if let Some(dir) = &assignment.data_dir {
         crate::validate::set_data_directory(dir);
     }
-    let spool = match Spool::open(&args.spool_dir) {
+    let spool = match Spool::open(&config.spool.dir) {
         Ok(spool) => spool,
         Err(failure) => {
             log(&format!("ERROR: {failure}"));
@@ -139,14 +131,14 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         log("another worker serves this spool; leaving");
         return exit::SUCCESS;
     };
-    // The identity of the call that started it (its arguments, its data
+    // The identity of the call that started it (its settings, its data
     // directory). Claimed after the lock, so released before it: a caller
     // that sees the lock free finds the spool free too.
-    let cluster = args
-        .async_data_dir
+    let cluster = assignment
+        .data_dir
         .as_deref()
         .and_then(|dir| ClusterIdentity::of_data_dir(dir).ok().flatten());
-    let me = Owner::of(args, cluster.as_ref());
+    let me = Owner::of(config, cluster.as_ref());
     let _claim = match owner::claim(&spool, &me, true) {
         Ok(Claimed::Ours(claim)) => claim,
         Ok(Claimed::Held(other)) => {
@@ -160,22 +152,16 @@ pub async fn run(args: &RestoreArgs) -> i32 {
             return exit::SUCCESS;
         }
     };
+    let window = Window::for_worker(config.transfer.parallel);
     log(&format!(
         "worker {} serves spool {} (-p {}, idle exit after {} s) for {}",
         std::process::id(),
-        args.spool_dir.display(),
-        args.parallel.max(1),
-        args.async_idle,
+        config.spool.dir.display(),
+        window.size(),
+        config.background.idle.as_secs(),
         me.describe()
     ));
-    let server = match BarmanServer::new(&args.server_name, args.connection.config.as_deref()) {
-        Ok(server) => server,
-        Err(failure) => {
-            log(&format!("ERROR: {failure}"));
-            return failure.exit_code();
-        }
-    };
-    let target = match SshTarget::resolve(&args.connection.connect_options(&args.barman_host)) {
+    let target = match SshTarget::resolve(&config.connect_options()) {
         Ok(target) => Arc::new(target),
         Err(failure) => {
             log(&format!("ERROR: {failure}"));
@@ -183,13 +169,12 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         }
     };
     let mut worker = Worker {
-        args,
+        assignment,
         spool,
         spool_identity,
-        window: args.parallel.max(1),
-        idle: Duration::from_secs(args.async_idle),
+        window: window.size(),
+        idle: config.background.idle,
         target,
-        server,
         stats: Arc::new(SessionStats::default()),
         fetcher: None,
         next_connect: Instant::now(),
@@ -209,8 +194,8 @@ pub async fn run(args: &RestoreArgs) -> i32 {
     // That one only: the window waits for PostgreSQL's first request, as a
     // full window of get-wal now would slow the history lookup down with
     // it (Barman's Python and the lookup share the Barman host's CPUs).
-    if let Some(first) = args
-        .async_from
+    if let Some(first) = assignment
+        .first
         .as_deref()
         .and_then(|name| WalName::parse(name).ok())
         .filter(WalName::is_segment)
@@ -228,7 +213,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         std::process::id(),
         worker.served
     ));
-    write_stats(&worker.stats);
+    stats::write_worker_stats(&worker.stats);
     exit::SUCCESS
 }
 
@@ -298,7 +283,7 @@ impl Worker<'_> {
                 continue;
             }
             self.last_activity = Instant::now();
-            if self.args.verbose {
+            if self.assignment.config.verbose {
                 log(&format!("request {token}: {wal}"));
             }
             self.move_cursor(&wal);
@@ -353,8 +338,8 @@ impl Worker<'_> {
     /// An archive recovery (not a standby) ends where the archive ends,
     /// and reads the last segment once more as it does.
     fn recovery_ends_at_head(&self) -> bool {
-        self.args
-            .async_data_dir
+        self.assignment
+            .data_dir
             .as_deref()
             .is_some_and(|dir| RecoveryMode::detect(dir) == RecoveryMode::ArchiveRecovery)
     }
@@ -374,19 +359,18 @@ impl Worker<'_> {
         if Instant::now() < self.next_connect {
             return;
         }
-        let connected = restore::connect(
-            self.args,
+        let connected = client::connect(
+            &self.assignment.config,
             &self.target,
-            &self.server,
             Some(&self.spool),
             &self.stats,
-            restore::CONNECT_ATTEMPTS,
-            restore::LayoutSource::CacheOrBarman,
+            CONNECT_ATTEMPTS,
+            LayoutSource::CacheOrBarman,
         )
         .await;
         match connected {
             Ok(fetcher) => {
-                if self.args.verbose {
+                if self.assignment.config.verbose {
                     log("connected");
                 }
                 self.fetcher = Some(fetcher)
@@ -445,7 +429,7 @@ impl Worker<'_> {
             .head
             .start_listing(&cursor, self.window, ahead.len(), now)
         {
-            let count = restore::peek_size(self.window);
+            let count = Window::for_worker(self.window).peek_size();
             self.jobs.spawn(async move {
                 let names = fetcher.peek(&cursor, count).await;
                 Done::Peek(cursor, count, names)
@@ -472,7 +456,7 @@ impl Worker<'_> {
                 Ok(delivered) => {
                     self.served += 1;
                     self.segment_size = Some(delivered.bytes_out);
-                    if self.args.verbose {
+                    if self.assignment.config.verbose {
                         log(&format!(
                             "{wal} ready in {} ms",
                             started.elapsed().as_millis()
@@ -513,7 +497,7 @@ impl Worker<'_> {
         // A prefetch nobody waits for is worth a line unless it is a "not
         // found": past the archive's head, that is the expected answer.
         let unexpected = !self.book.is_waited(&wal) && failure.kind() != ErrorKind::NotFound;
-        if unexpected || self.args.verbose {
+        if unexpected || self.assignment.config.verbose {
             log(&format!("{wal}: {failure}"));
         }
         let answer = match failure.kind() {
@@ -541,26 +525,6 @@ impl Worker<'_> {
             log(&format!("cannot answer request {token}: {e}"));
         }
     }
-}
-
-/// For `barman-wal-bench`: `BARMAN_WAL_RESTORE_WORKER_STATS=FILE` gets
-/// `connections channels refused peak_rss_kib cpu_seconds` of this worker
-/// when it leaves, costs that no call's `wait4` sees.
-fn write_stats(stats: &SessionStats) {
-    let Some(path) = std::env::var_os("BARMAN_WAL_RESTORE_WORKER_STATS") else {
-        return;
-    };
-    let (connections, channels, refused) = stats.snapshot();
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
-    let line = format!(
-        "{connections} {channels} {refused} {} {cpu:.3}\n",
-        restore::peak_rss_kib()
-    );
-    let _ = std::fs::write(path, line);
 }
 
 /// One line on the worker's log (its stderr), with the local time: the

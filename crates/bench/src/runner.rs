@@ -124,7 +124,7 @@ fn digest_file(path: &Path) -> std::io::Result<(u128, u64)> {
 }
 
 fn shell_quote(s: &str) -> String {
-    barman_wal_restore::remote::shell_quote(s)
+    barman_wal_restore::client::command::shell_quote(s)
 }
 
 /// Replaces each `%X` of `template` for which `value(X)` gives a value; any

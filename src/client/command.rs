@@ -1,128 +1,106 @@
-//! The remote `barman` commands: how they are spelled, and what their
-//! answers mean.
+//! The remote commands (`barman`, and `cat` and `ls` for `--direct-read`):
+//! how they are spelled, and what their answers and exit statuses mean (the
+//! SSH layer only carries them).
 //!
 //! The command line travels as one string to the remote user's shell, so every
-//! argument that comes from the user is quoted here, and the names that can be
-//! checked (server, WAL) are checked before anything is sent.
+//! argument that comes from the user is quoted here; the names that can be
+//! checked (server, WAL) were checked before (see [`crate::config::Server`]).
 
+use crate::config::{Compression, Server};
 use crate::error::{Error, ErrorKind};
-pub use crate::ssh::RemoteExit;
+use crate::ssh::RemoteExit;
 use crate::wal::WalName;
 
-/// How the server should send the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Transfer {
-    /// The server decompresses and sends raw WAL (Barman's default).
-    #[default]
-    Decompressed,
-    /// The server sends the stored bytes; we decode them as they arrive.
-    KeepCompression,
-    /// The server recompresses with gzip (`-z`, deprecated upstream).
-    Gzip,
-    /// The server recompresses with bzip2 (`-j`, deprecated upstream).
-    Bzip2,
+/// One word of a remote command line.
+enum Word<'a> {
+    /// Spelled here: nothing to quote.
+    Plain(&'a str),
+    /// From the user, the archive or a number: quoted for the shell.
+    Quoted(&'a str),
 }
 
-/// What identifies the archive on the Barman host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BarmanServer {
-    name: String,
-    config: Option<String>,
-}
-
-impl BarmanServer {
-    /// Checks SERVER_NAME and `--config` before they can reach a shell.
-    ///
-    /// Barman server names are configuration section names: letters, digits
-    /// and a little punctuation. We refuse anything else outright (a quote, a
-    /// `;` or a newline in a server name is an attack or a typo, never a
-    /// server), and quote the result anyway. A config path may hold any
-    /// printable character; it is quoted, and control characters are refused
-    /// because no honest path has them.
-    pub fn new(name: &str, config: Option<&str>) -> Result<BarmanServer, Error> {
-        let name_ok = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-+@:".contains(&b));
-        if !name_ok {
-            return Err(Error::invalid_input(format!(
-                "invalid SERVER_NAME {:?}: a Barman server name has only letters, digits and ._-+@:",
-                name
-            )));
-        }
-        if let Some(config) = config {
-            if config.is_empty() || config.chars().any(char::is_control) {
-                return Err(Error::invalid_input(format!(
-                    "invalid --config {:?}: a path without control characters is expected",
-                    config
-                )));
-            }
-        }
-        Ok(BarmanServer {
-            name: name.to_string(),
-            config: config.map(str::to_string),
+/// Spells `words` as one command line for the remote shell.
+fn line(words: &[Word]) -> String {
+    let spelled: Vec<String> = words
+        .iter()
+        .map(|word| match word {
+            Word::Plain(w) => (*w).to_string(),
+            Word::Quoted(w) => shell_quote(w),
         })
-    }
+        .collect();
+    spelled.join(" ")
+}
 
-    pub fn name(&self) -> &str {
-        &self.name
+/// The one builder of a `barman` command line: `barman [--config CONFIG]
+/// SUBCOMMAND... SERVER_NAME [ARGUMENT]`.
+fn barman<'a>(
+    server: &'a Server,
+    subcommand: impl IntoIterator<Item = Word<'a>>,
+    argument: Option<&'a str>,
+) -> String {
+    let mut words = vec![Word::Plain("barman")];
+    if let Some(config) = server.config() {
+        words.extend([Word::Plain("--config"), Word::Quoted(config)]);
     }
+    words.extend(subcommand);
+    words.push(Word::Quoted(server.name()));
+    words.extend(argument.map(Word::Quoted));
+    line(&words)
+}
 
-    pub fn config(&self) -> Option<&str> {
-        self.config.as_deref()
-    }
-
-    fn barman_prefix(&self) -> String {
-        match &self.config {
-            Some(config) => format!("barman --config {} ", shell_quote(config)),
-            None => "barman ".to_string(),
-        }
-    }
-
+impl Server {
     /// `barman get-wal` for one file.
-    pub fn get_wal(&self, wal: &WalName, transfer: Transfer, partial: bool) -> String {
-        let mut cmd = self.barman_prefix();
-        cmd.push_str("get-wal ");
-        match transfer {
-            Transfer::Decompressed => {}
-            Transfer::KeepCompression => cmd.push_str("--keep-compression "),
-            Transfer::Gzip => cmd.push_str("--gzip "),
-            Transfer::Bzip2 => cmd.push_str("--bzip2 "),
+    pub fn get_wal(&self, wal: &WalName, compression: Compression, partial: bool) -> String {
+        let mut subcommand = vec![Word::Plain("get-wal")];
+        match compression {
+            Compression::Decompressed => {}
+            Compression::KeepCompression => subcommand.push(Word::Plain("--keep-compression")),
+            Compression::Gzip => subcommand.push(Word::Plain("--gzip")),
+            Compression::Bzip2 => subcommand.push(Word::Plain("--bzip2")),
         }
         if partial {
-            cmd.push_str("--partial ");
+            subcommand.push(Word::Plain("--partial"));
         }
-        self.push_positionals(&mut cmd, wal);
-        cmd
+        barman(self, subcommand, Some(wal.as_str()))
     }
 
     /// `barman get-wal --peek N`: the list of up to N files starting at `wal`.
     pub fn peek(&self, wal: &WalName, count: usize) -> String {
-        let mut cmd = self.barman_prefix();
-        cmd.push_str(&format!(
-            "get-wal --peek {} ",
-            shell_quote(&count.to_string())
-        ));
-        self.push_positionals(&mut cmd, wal);
-        cmd
+        let count = count.to_string();
+        let subcommand = [
+            Word::Plain("get-wal"),
+            Word::Plain("--peek"),
+            Word::Quoted(&count),
+        ];
+        barman(self, subcommand, Some(wal.as_str()))
     }
 
     /// `barman get-wal --test`: the connectivity check of `--test`.
     pub fn test(&self, wal: &str) -> String {
-        let mut cmd = self.barman_prefix();
-        cmd.push_str("get-wal --test ");
-        cmd.push_str(&shell_quote(&self.name));
-        cmd.push(' ');
-        cmd.push_str(&shell_quote(wal));
-        cmd
+        let subcommand = [Word::Plain("get-wal"), Word::Plain("--test")];
+        barman(self, subcommand, Some(wal))
     }
 
-    fn push_positionals(&self, cmd: &mut String, wal: &WalName) {
-        cmd.push_str(&shell_quote(&self.name));
-        cmd.push(' ');
-        cmd.push_str(&shell_quote(wal.as_str()));
+    /// `barman show-server`: where the archive's directories are, for
+    /// `--direct-read`.
+    pub fn show_server(&self) -> String {
+        barman(self, [Word::Plain("show-server")], None)
     }
+}
+
+/// `cat` of a stored file, for `--direct-read`.
+pub fn cat(path: &str) -> String {
+    line(&[Word::Plain("cat"), Word::Plain("--"), Word::Quoted(path)])
+}
+
+/// `ls` of an archive directory, for `--direct-read`'s peek.
+pub fn list(dir: &str) -> String {
+    line(&[
+        Word::Plain("ls"),
+        Word::Plain("-1"),
+        Word::Plain("--"),
+        Word::Quoted(dir),
+    ])
 }
 
 /// Quotes a word for a POSIX shell: inside single quotes nothing is special
@@ -213,21 +191,21 @@ mod tests {
 
     #[test]
     fn commands_are_spelled_like_the_original() {
-        let server = BarmanServer::new("angus", None).unwrap();
+        let server = Server::new("angus", None).unwrap();
         let w = wal("000000010000000000000002");
         assert_eq!(
-            server.get_wal(&w, Transfer::Decompressed, false),
+            server.get_wal(&w, Compression::Decompressed, false),
             "barman get-wal 'angus' '000000010000000000000002'"
         );
         assert_eq!(
-            server.get_wal(&w, Transfer::KeepCompression, true),
+            server.get_wal(&w, Compression::KeepCompression, true),
             "barman get-wal --keep-compression --partial 'angus' '000000010000000000000002'"
         );
         assert_eq!(
             server.peek(&w, 8),
             "barman get-wal --peek '8' 'angus' '000000010000000000000002'"
         );
-        let with_config = BarmanServer::new("angus", Some("/etc/it's barman.conf")).unwrap();
+        let with_config = Server::new("angus", Some("/etc/it's barman.conf")).unwrap();
         assert_eq!(
             with_config.test("DUMMY"),
             "barman --config '/etc/it'\\''s barman.conf' get-wal --test 'angus' 'DUMMY'"
@@ -235,13 +213,26 @@ mod tests {
     }
 
     #[test]
+    fn direct_read_commands_are_quoted_like_barmans() {
+        let server = Server::new("angus", None).unwrap();
+        assert_eq!(server.show_server(), "barman show-server 'angus'");
+        let with_config = Server::new("angus", Some("/etc/b.conf")).unwrap();
+        assert_eq!(
+            with_config.show_server(),
+            "barman --config '/etc/b.conf' show-server 'angus'"
+        );
+        assert_eq!(cat("/w/it's"), "cat -- '/w/it'\\''s'");
+        assert_eq!(list("/w/00"), "ls -1 -- '/w/00'");
+    }
+
+    #[test]
     fn hostile_names_are_refused_and_configs_are_inert() {
         for bad in ["", "a'b", "a;b", "$(id)", "a b", "a\nb", "`x`", "a\"b"] {
-            assert!(BarmanServer::new(bad, None).is_err(), "{bad:?}");
+            assert!(Server::new(bad, None).is_err(), "{bad:?}");
         }
-        assert!(BarmanServer::new("angus", Some("a\nb")).is_err());
+        assert!(Server::new("angus", Some("a\nb")).is_err());
         let hostile = "x'; touch /tmp/pwned; echo '$(id)";
-        let server = BarmanServer::new("angus", Some(hostile)).unwrap();
+        let server = Server::new("angus", Some(hostile)).unwrap();
         let cmd = server.test("DUMMY");
         let words = shell_words::split(&cmd).unwrap();
         assert_eq!(words[0..3], ["barman", "--config", hostile]);

@@ -26,10 +26,18 @@
 //! grows without bound.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
-use crate::remote::{shell_quote, BarmanServer};
+use super::command;
+use super::connect::store_cache;
+use super::output::{self, Beyond};
+use super::window::follows;
+use super::{Delivered, Fetcher, StreamEnd};
+use crate::error::Error;
 use crate::wal::{WalKind, WalName};
+
+/// The most of a directory listing kept: one log's directory holds at
+/// most 256 names.
+const LISTING_CAP: usize = 16 << 20;
 
 /// Where Barman keeps a server's WAL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +56,6 @@ pub enum DirectState {
     /// compression).
     Restricted,
 }
-
-/// How long a learnt layout is trusted before `show-server` is asked again.
-pub const CACHE_LIFETIME: Duration = Duration::from_secs(300);
 
 impl ArchiveLayout {
     /// Reads the directories out of `barman show-server SERVER`, whose lines
@@ -105,74 +110,10 @@ impl ArchiveLayout {
     }
 }
 
-pub fn show_server_command(server: &BarmanServer) -> String {
-    match server.config() {
-        Some(config) => format!(
-            "barman --config {} show-server {}",
-            shell_quote(config),
-            shell_quote(server.name())
-        ),
-        None => format!("barman show-server {}", shell_quote(server.name())),
-    }
-}
-
-pub fn cat_command(path: &str) -> String {
-    format!("cat -- {}", shell_quote(path))
-}
-
-pub fn list_command(dir: &str) -> String {
-    format!("ls -1 -- {}", shell_quote(dir))
-}
-
 /// Whether `cat` failed because the file is not there (then try the next
 /// place), as opposed to being refused.
 pub fn is_missing_file(status: Option<u32>, stderr: &[u8]) -> bool {
     status == Some(1) && String::from_utf8_lossy(stderr).contains("No such file")
-}
-
-/// The cache file for one target: host, user, port, config and server.
-pub fn cache_path(spool: &Path, key: &str) -> PathBuf {
-    // FNV-1a: a stable name for a short key, no cryptography needed.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    spool.join(format!("{}{hash:016x}", crate::spool::names::LAYOUT_PREFIX))
-}
-
-pub fn load_cache(path: &Path) -> Option<DirectState> {
-    let meta = std::fs::metadata(path).ok()?;
-    let age = SystemTime::now()
-        .duration_since(meta.modified().ok()?)
-        .ok()?;
-    if age > CACHE_LIFETIME {
-        return None;
-    }
-    let text = std::fs::read_to_string(path).ok()?;
-    if text.trim() == "restricted" {
-        return Some(DirectState::Restricted);
-    }
-    ArchiveLayout::parse_show_server(&text).map(DirectState::Available)
-}
-
-/// Stores what was learnt; written under a temp name and renamed, so a
-/// concurrent reader sees the old entry or the new one.
-pub fn store_cache(path: &Path, state: &DirectState) {
-    let text = match state {
-        DirectState::Restricted => "restricted\n".to_string(),
-        DirectState::Available(l) => format!(
-            "wals_directory: {}\nincoming_wals_directory: {}\nstreaming_wals_directory: {}\n",
-            l.wals, l.incoming, l.streaming
-        ),
-    };
-    let Some(dir) = path.parent() else { return };
-    if let Ok((temp, mut file)) = crate::spool::TempFile::create_in(dir, "layout") {
-        use std::io::Write;
-        if file.write_all(text.as_bytes()).is_ok() {
-            let _ = temp.commit(&file, path);
-        }
-    }
 }
 
 /// Names from a listing of an archive directory that come after `wal`, in
@@ -181,19 +122,127 @@ pub fn names_after(listing: &[u8], wal: &WalName) -> Vec<WalName> {
     let mut names: Vec<WalName> = String::from_utf8_lossy(listing)
         .lines()
         .filter_map(|l| WalName::parse(l.trim()).ok())
-        .filter(|n| {
-            n.is_segment() && n.timeline() == wal.timeline() && n.position() > wal.position()
-        })
+        .filter(|n| n.is_segment() && follows(n, wal))
         .collect();
     names.sort_by(|a, b| a.cmp_position(b));
     names
 }
 
+impl Fetcher {
+    /// The layout, while direct reads are usable on this target.
+    pub(super) fn layout(&self) -> Option<ArchiveLayout> {
+        match self.direct.lock().unwrap().as_ref().map(|d| &d.state) {
+            Some(DirectState::Available(layout)) => Some(layout.clone()),
+            _ => None,
+        }
+    }
+
+    /// The account refused `cat` or `ls`: say so once, remember it, and use
+    /// get-wal from now on.
+    fn direct_refused(&self, why: &str) {
+        self.stop_direct_reads(&format!("direct read refused ({why})"));
+    }
+
+    /// Direct reads cost a transfer and then a get-wal anyway: say so once
+    /// and use get-wal alone, remembered in the cache for its lifetime.
+    fn stop_direct_reads(&self, what: &str) {
+        let mut direct = self.direct.lock().unwrap();
+        if let Some(d) = direct.as_mut() {
+            if d.state != DirectState::Restricted {
+                d.state = DirectState::Restricted;
+                if let Some(path) = &d.cache {
+                    store_cache(path, &DirectState::Restricted);
+                }
+                if self.verbose {
+                    eprintln!("INFO: {what}; using barman get-wal instead");
+                }
+            }
+        }
+    }
+
+    /// Reads a stored file where get-wal would find it. `Ok(None)`: direct
+    /// read cannot settle it, ask get-wal.
+    pub(super) async fn transfer_direct(
+        &self,
+        layout: &ArchiveLayout,
+        wal: &WalName,
+        dest: &Path,
+    ) -> Result<Option<Delivered>, Error> {
+        for path in layout.candidates(wal) {
+            match self
+                .stream(&command::cat(&path), wal, dest, wal.kind())
+                .await
+            {
+                Ok(delivered) => return Ok(Some(delivered)),
+                Err(StreamEnd::Remote(exit)) if is_missing_file(exit.status, &exit.stderr) => {}
+                Err(StreamEnd::Remote(exit)) => {
+                    let said = exit.stderr_lines().join(" / ");
+                    self.direct_refused(&format!("cat exited with {:?}: {said}", exit.status));
+                    return Ok(None);
+                }
+                Err(StreamEnd::Undecodable(why)) => {
+                    // Encryption and custom compression are server-wide
+                    // settings: the next files will be the same.
+                    self.stop_direct_reads(&format!(
+                        "{why}: only Barman can read this archive's files"
+                    ));
+                    return Ok(None);
+                }
+                Err(StreamEnd::Failed(failure)) => return Err(failure),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Lists what follows `wal` in the archive without Barman: its log's
+    /// directory, and the next log's when that one runs out.
+    pub(super) async fn peek_direct(
+        &self,
+        layout: &ArchiveLayout,
+        wal: &WalName,
+        count: usize,
+    ) -> Option<Vec<WalName>> {
+        let (tli, (log, _)) = (wal.timeline(), wal.position());
+        let mut names = Vec::new();
+        for log in [log, log.checked_add(1)?] {
+            let dir = layout.hash_dir(&format!("{tli:08X}{log:08X}"));
+            let exec = self.exec(&command::list(&dir)).await.ok();
+            let listing = match exec {
+                Some(exec) => output::read(exec, LISTING_CAP, Beyond::Drop, None)
+                    .await
+                    .ok()
+                    .map(|answer| (answer.exit.status, answer.stdout)),
+                None => None,
+            };
+            self.channel_done();
+            match listing {
+                Some((Some(0), bytes)) => names.extend(names_after(&bytes, wal)),
+                Some((Some(2), _)) => {} // no such directory: the archive ends there
+                _ => {
+                    self.direct_refused("ls was refused");
+                    return None;
+                }
+            }
+            if names.len() + 1 >= count {
+                break;
+            }
+        }
+        names.truncate(count.saturating_sub(1));
+        Some(names)
+    }
+}
+
+/// Direct-read state of a fetcher.
+pub(super) struct DirectRead {
+    pub(super) state: DirectState,
+    pub(super) cache: Option<PathBuf>,
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const SHOW: &str = "Server angus:\n\tactive: True\n\tbarman_home: /var/lib/barman\n\
+    pub(crate) const SHOW: &str = "Server angus:\n\tactive: True\n\tbarman_home: /var/lib/barman\n\
         \tincoming_wals_directory: /var/lib/barman/angus/incoming\n\
         \tstreaming_wals_directory: /var/lib/barman/angus/streaming\n\
         \twals_directory: /var/lib/barman/angus/wals\n";
@@ -217,18 +266,6 @@ mod tests {
             "/var/lib/barman/angus/wals/00000002.history"
         );
         assert!(ArchiveLayout::parse_show_server("Server angus:\n\tactive: True\n").is_none());
-    }
-
-    #[test]
-    fn cache_round_trips_and_expires_by_age() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = cache_path(dir.path(), "barman@host:22 angus");
-        assert!(load_cache(&path).is_none());
-        let layout = ArchiveLayout::parse_show_server(SHOW).unwrap();
-        store_cache(&path, &DirectState::Available(layout.clone()));
-        assert_eq!(load_cache(&path), Some(DirectState::Available(layout)));
-        store_cache(&path, &DirectState::Restricted);
-        assert_eq!(load_cache(&path), Some(DirectState::Restricted));
     }
 
     #[test]

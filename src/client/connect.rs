@@ -1,0 +1,202 @@
+//! Connecting: one session with bounded retries, and a fetcher on it that
+//! has learnt the archive layout when `--direct-read` asks for it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::direct::{ArchiveLayout, DirectRead, DirectState};
+use super::output::{self, Beyond};
+use super::Fetcher;
+use crate::config::Config;
+use crate::error::Error;
+use crate::spool::Spool;
+use crate::ssh::{Session, SessionStats, SshTarget};
+
+/// How many times a call tries to connect before it reports a connection
+/// failure (a reconnect after a session broke mid-transfer tries once).
+pub const CONNECT_ATTEMPTS: u32 = 3;
+/// The most of a `show-server` answer kept: a few dozen lines.
+const SHOW_SERVER_CAP: usize = 16 << 20;
+
+/// How long a learnt layout is trusted before `show-server` is asked again.
+pub const CACHE_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Where a connection may learn the archive layout for `--direct-read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutSource {
+    /// The spool's cache, else `barman show-server`.
+    CacheOrBarman,
+    /// The spool's cache only: for one small file, a `show-server` costs
+    /// the same Barman start-up as the `get-wal` it would save.
+    CacheOnly,
+}
+
+/// One session and a fetcher on it, with the archive layout learnt when
+/// `--direct-read` asks for it (the spool caches that answer).
+pub async fn connect(
+    config: &Config,
+    target: &Arc<SshTarget>,
+    spool: Option<&Spool>,
+    stats: &Arc<SessionStats>,
+    attempts: u32,
+    layout: LayoutSource,
+) -> Result<Arc<Fetcher>, Error> {
+    let session = Arc::new(
+        connect_with_retries(target.clone(), stats.clone(), attempts, config.verbose).await?,
+    );
+    let server = &config.server;
+    let fetcher = Arc::new(Fetcher::new(
+        session,
+        server.clone(),
+        config.transfer.clone(),
+        config.verbose,
+    ));
+    if config.transfer.direct_read {
+        let key = format!(
+            "{}|{:?}|{}",
+            target.display(),
+            server.config(),
+            server.name()
+        );
+        let cache = spool.map(|s| cache_path(s.dir(), &key));
+        fetcher
+            .learn_layout(cache, layout == LayoutSource::CacheOrBarman)
+            .await;
+    }
+    Ok(fetcher)
+}
+
+/// Connects with bounded retries: a transient failure (refused, reset,
+/// timed out) is tried again after a growing pause; a host key or
+/// authentication refusal is not, since it cannot change by waiting.
+pub async fn connect_with_retries(
+    target: Arc<SshTarget>,
+    stats: Arc<SessionStats>,
+    attempts: u32,
+    verbose: bool,
+) -> Result<Session, Error> {
+    let mut pause = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match Session::connect(target.clone(), stats.clone()).await {
+            Ok(session) => return Ok(session),
+            Err(e) if attempt >= attempts || !e.kind().is_retryable() => return Err(e),
+            Err(e) => {
+                if verbose {
+                    eprintln!("WARNING: attempt {attempt}/{attempts}: {e}; retrying in {pause:?}");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(4));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+
+/// The cache file for one target: host, user, port, config and server.
+pub fn cache_path(spool: &Path, key: &str) -> PathBuf {
+    // FNV-1a: a stable name for a short key, no cryptography needed.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    spool.join(format!("{}{hash:016x}", crate::spool::names::LAYOUT_PREFIX))
+}
+
+pub fn load_cache(path: &Path) -> Option<DirectState> {
+    let meta = std::fs::metadata(path).ok()?;
+    let age = SystemTime::now()
+        .duration_since(meta.modified().ok()?)
+        .ok()?;
+    if age > CACHE_LIFETIME {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    if text.trim() == "restricted" {
+        return Some(DirectState::Restricted);
+    }
+    ArchiveLayout::parse_show_server(&text).map(DirectState::Available)
+}
+
+/// Stores what was learnt; written under a temp name and renamed, so a
+/// concurrent reader sees the old entry or the new one.
+pub fn store_cache(path: &Path, state: &DirectState) {
+    let text = match state {
+        DirectState::Restricted => "restricted\n".to_string(),
+        DirectState::Available(l) => format!(
+            "wals_directory: {}\nincoming_wals_directory: {}\nstreaming_wals_directory: {}\n",
+            l.wals, l.incoming, l.streaming
+        ),
+    };
+    let Some(dir) = path.parent() else { return };
+    if let Ok((temp, mut file)) = crate::spool::TempFile::create_in(dir, "layout") {
+        use std::io::Write;
+        if file.write_all(text.as_bytes()).is_ok() {
+            let _ = temp.commit(&file, path);
+        }
+    }
+}
+
+impl Fetcher {
+    /// Learns the archive layout for `--direct-read`: from the cache when
+    /// fresh, else (when `ask_barman`) from `barman show-server`. Without a
+    /// layout, every file goes through get-wal.
+    pub async fn learn_layout(&self, cache: Option<PathBuf>, ask_barman: bool) {
+        let cached = cache.as_deref().and_then(load_cache);
+        let state = match cached {
+            Some(state) => state,
+            None if !ask_barman => return,
+            None => {
+                let command = self.server.show_server();
+                let answer = match self.exec(&command).await {
+                    Ok(exec) => output::read(exec, SHOW_SERVER_CAP, Beyond::Drop, None)
+                        .await
+                        .ok()
+                        .filter(|answer| answer.exit.status == Some(0))
+                        .map(|answer| String::from_utf8_lossy(&answer.stdout).into_owned()),
+                    Err(_) => None,
+                };
+                self.channel_done();
+                match answer.and_then(|text| ArchiveLayout::parse_show_server(&text)) {
+                    Some(layout) => {
+                        let state = DirectState::Available(layout);
+                        if let Some(path) = &cache {
+                            store_cache(path, &state);
+                        }
+                        state
+                    }
+                    None => {
+                        if self.verbose {
+                            eprintln!(
+                                "INFO: barman show-server gave no archive layout; using get-wal"
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        *self.direct.lock().unwrap() = Some(DirectRead { state, cache });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::direct::tests::SHOW;
+
+    #[test]
+    fn cache_round_trips_and_expires_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cache_path(dir.path(), "barman@host:22 angus");
+        assert!(load_cache(&path).is_none());
+        let layout = ArchiveLayout::parse_show_server(SHOW).unwrap();
+        store_cache(&path, &DirectState::Available(layout.clone()));
+        assert_eq!(load_cache(&path), Some(DirectState::Available(layout)));
+        store_cache(&path, &DirectState::Restricted);
+        assert_eq!(load_cache(&path), Some(DirectState::Restricted));
+    }
+}
