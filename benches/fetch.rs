@@ -77,7 +77,6 @@ fn fetch(c: &mut Criterion) {
                             auto_keep: true,
                             partial: false,
                             verify: true,
-                            verbose: false,
                         },
                     ));
                     let dir = tempfile::Builder::new()

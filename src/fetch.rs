@@ -39,7 +39,6 @@ pub struct FetchOptions {
     pub partial: bool,
     /// Check WAL headers before delivering (`--no-verify` turns it off).
     pub verify: bool,
-    pub verbose: bool,
 }
 
 /// What one transfer delivered.
@@ -250,9 +249,7 @@ impl Fetcher {
         let result = self.transfer(wal, dest).await;
         match result {
             Err(Failure::NotFound(_)) if self.options.partial && wal.kind() == WalKind::Segment => {
-                if self.options.verbose {
-                    eprintln!("INFO: Barman has no {wal}; asking for its .partial (-P)");
-                }
+                tracing::debug!("Barman has no {wal}; asking for its .partial (-P)");
                 self.transfer_as(wal, dest, Lookup::PartialOfSegment).await
             }
             other => other,
@@ -276,9 +273,7 @@ impl Fetcher {
         loop {
             match self.transfer_once(wal, dest, transfer, lookup).await {
                 Err(Attempt::RetryDecompressed(why)) if transfer != Transfer::Decompressed => {
-                    if self.options.verbose {
-                        eprintln!("INFO: {wal}: {why}; asking Barman to decompress it instead");
-                    }
+                    tracing::debug!("{wal}: {why}; asking Barman to decompress it instead");
                     transfer = Transfer::Decompressed;
                 }
                 Err(Attempt::RetryDecompressed(why)) => return Err(Failure::BadPayload(why)),
@@ -447,11 +442,7 @@ impl Fetcher {
                         state
                     }
                     None => {
-                        if self.options.verbose {
-                            eprintln!(
-                                "INFO: barman show-server gave no archive layout; using get-wal"
-                            );
-                        }
+                        tracing::debug!("barman show-server gave no archive layout; using get-wal");
                         return;
                     }
                 }
@@ -484,9 +475,7 @@ impl Fetcher {
                 if let Some(path) = &d.cache {
                     direct::store_cache(path, &DirectState::Restricted);
                 }
-                if self.options.verbose {
-                    eprintln!("INFO: {what}; using barman get-wal instead");
-                }
+                tracing::debug!("{what}; using barman get-wal instead");
             }
         }
     }

@@ -16,7 +16,8 @@
 //!   found" (the call exits 1 like a direct fetch would) or a failure (the
 //!   call fetches the file itself, so `--async` never turns a restore that
 //!   would have worked into a failure).
-//! - `.bwr-worker.log`: the worker's stderr, for the DBA.
+//! - `.bwr-worker.log`: the worker's stderr, for the DBA (and
+//!   `.bwr-worker.log.1`, the one before: see [`crate::logging`]).
 //!
 //! Every file is written under a temp name and renamed, like the segments.
 
@@ -34,10 +35,6 @@ pub const LOCK_FILE: &str = ".bwr-worker.lock";
 pub const LOG_FILE: &str = ".bwr-worker.log";
 const WANT_PREFIX: &str = ".bwr-want.";
 const ANSWER_PREFIX: &str = ".bwr-answer.";
-
-/// The worker's log is cut when a new worker starts and it has grown past
-/// this: it is for reading the last incident, not an archive.
-const LOG_LIMIT: u64 = 1 << 20;
 
 /// How often a waiting call looks for its file. A stat of one name: cheap
 /// enough to keep the hand-over latency at a few milliseconds.
@@ -186,9 +183,8 @@ pub fn worker_running(spool: &Spool) -> bool {
 pub fn start_worker(spool: &Spool, from: Option<&WalName>) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let log_path = spool.dir().join(LOG_FILE);
-    if fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_LIMIT) {
-        let _ = fs::remove_file(&log_path);
-    }
+    // The worker rotates its log as it writes; an old one is rotated here.
+    crate::logging::rotate_if_over(&log_path, crate::logging::worker_log_limit());
     let log = {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()

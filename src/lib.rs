@@ -28,6 +28,8 @@
 //! - [`owner`]: whose spool it is: the caller identity its files belong to.
 //! - [`exit`]: the only place that decides exit statuses.
 //! - [`shutdown`]: signals, and the temp files they must not leave behind.
+//! - [`logging`]: what is printed and how: levels, the one formatter, the
+//!   worker's bounded log, notices said at most once per interval.
 //!
 //! Two crates of the workspace sit beside this one and are not linked into
 //! `barman-wal-restore`: `crates/embedded-barman`, an in-process SSH server
@@ -42,6 +44,7 @@ pub mod direct;
 pub mod exit;
 pub mod fetch;
 pub mod handoff;
+pub mod logging;
 pub mod owner;
 pub mod pg_control;
 pub mod remote;

@@ -15,6 +15,7 @@ use crate::direct;
 use crate::exit::{self, Failure, RecoveryMode};
 use crate::fetch::{Delivered, FetchOptions, Fetcher};
 use crate::handoff::{self, Handed};
+use crate::logging;
 use crate::owner::{self, Claim, Claimed, Owner};
 use crate::pg_control::ClusterIdentity;
 use crate::remote::BarmanServer;
@@ -43,7 +44,9 @@ pub enum Outcome {
 }
 
 /// Runs the call and returns the exit status, printing one `ERROR:` line on
-/// failure (after `--sleep` for a failure that was not local).
+/// failure (after `--sleep` for a failure that was not local), but for
+/// Barman's "not found" where it is the normal state: see
+/// [`report_failure`].
 pub async fn run(args: &RestoreArgs) -> i32 {
     let stats = Arc::new(SessionStats::default());
     let cluster = cluster_here();
@@ -52,22 +55,20 @@ pub async fn run(args: &RestoreArgs) -> i32 {
     write_stats(&stats);
     match result {
         Ok(outcome) => {
-            if args.verbose {
-                report(&outcome, &stats);
-                report_identity(cluster.as_ref(), &outcome);
-            }
+            report(&outcome, &stats);
+            report_identity(cluster.as_ref(), &outcome);
             exit::SUCCESS
         }
         Err(failure) => {
-            eprintln!("ERROR: {failure}");
+            let mode = RecoveryMode::detect(std::path::Path::new("."));
+            report_failure(&failure, mode, &args.wal_name);
             if args.sleep > 0 && !matches!(failure, Failure::Local(_)) {
                 tokio::time::sleep(Duration::from_secs(args.sleep)).await;
             }
-            let mode = RecoveryMode::detect(std::path::Path::new("."));
             let code = args.on_failure.exit_code(&failure, mode);
             if code == exit::ABORT_RECOVERY {
-                eprintln!(
-                    "ERROR: stopping recovery instead of ending it early without {}: fix the cause \
+                tracing::error!(
+                    "stopping recovery instead of ending it early without {}: fix the cause \
                      and start PostgreSQL again, recovery resumes where it stopped \
                      (--on-failure=not-available would end recovery here instead)",
                     args.wal_name.escape_debug()
@@ -78,6 +79,55 @@ pub async fn run(args: &RestoreArgs) -> i32 {
     }
 }
 
+/// Says why the call failed. Barman's "not found" is no error where it is
+/// the normal state: a standby waiting at the archive's head asks for the
+/// next segment every few seconds (`wal_retrieve_retry_interval`), and
+/// an ERROR on each ask floods PostgreSQL's log (Barman's issue #322). It
+/// says so as INFO at most once per [`logging::HEAD_NOTICE_INTERVAL`]
+/// across calls, remembered by the modification time of
+/// [`HEAD_NOTICE_STAMP`] in the data directory (where the call runs: the
+/// standby's own, and the only directory certain to exist that belongs to
+/// it alone, without a spool), and as DEBUG otherwise. An archive recovery
+/// ends where the archive does: that miss is INFO. A missing timeline
+/// history file is what PostgreSQL probes for routinely in either mode:
+/// DEBUG. Called by hand (neither mode), Barman's answer stays an ERROR.
+fn report_failure(failure: &Failure, mode: RecoveryMode, wal: &str) {
+    let Failure::NotFound(message) = failure else {
+        tracing::error!("{failure}");
+        return;
+    };
+    let history = WalName::parse(wal).is_ok_and(|w| w.kind() == WalKind::History);
+    match mode {
+        RecoveryMode::Unknown => tracing::error!("{message}"),
+        _ if history => tracing::debug!("{message}"),
+        RecoveryMode::ArchiveRecovery => {
+            tracing::info!("{message}: the end of the archive, where this recovery ends")
+        }
+        RecoveryMode::Standby => {
+            let interval = logging::head_notice_interval();
+            let due = tracing::enabled!(tracing::Level::INFO)
+                && logging::notice_due(
+                    std::path::Path::new(HEAD_NOTICE_STAMP),
+                    interval,
+                    std::time::SystemTime::now(),
+                );
+            if due {
+                tracing::info!(
+                    "standby waiting at the archive's head for {}: {message} (said at most \
+                     every {} s)",
+                    wal.escape_debug(),
+                    interval.as_secs()
+                );
+            } else {
+                tracing::debug!("{message}");
+            }
+        }
+    }
+}
+
+/// See [`report_failure`]: relative to the data directory.
+pub const HEAD_NOTICE_STAMP: &str = ".bwr-head-notice";
+
 /// The cluster PostgreSQL runs this call for: restore_command runs in its
 /// data directory. A pg_control we cannot read is said, not fatal: the
 /// call then checks what it checks outside a data directory.
@@ -85,22 +135,23 @@ fn cluster_here() -> Option<ClusterIdentity> {
     match ClusterIdentity::of_data_dir(std::path::Path::new(".")) {
         Ok(cluster) => cluster,
         Err(why) => {
-            eprintln!("WARNING: {why}; delivering without checking the cluster's identity");
+            tracing::warn!("{why}; delivering without checking the cluster's identity");
             None
         }
     }
 }
 
-/// `-v`: whether the file was checked against the cluster.
+/// Whether the file was checked against the cluster (debug).
 fn report_identity(cluster: Option<&ClusterIdentity>, outcome: &Outcome) {
     match (cluster, outcome) {
         (_, Outcome::Tested) => {}
-        (Some(c), _) => eprintln!(
-            "INFO: checked against this cluster's pg_control (database system {}, {} byte segments)",
-            c.system_identifier, c.segment_size
+        (Some(c), _) => tracing::debug!(
+            "checked against this cluster's pg_control (database system {}, {} byte segments)",
+            c.system_identifier,
+            c.segment_size
         ),
-        (None, _) => eprintln!(
-            "INFO: no cluster identity checked: the working directory is not a data directory \
+        (None, _) => tracing::debug!(
+            "no cluster identity checked: the working directory is not a data directory \
              (no readable global/pg_control)"
         ),
     }
@@ -197,7 +248,7 @@ async fn restore_confirmed(
         match confirm(cluster, &args.wal_name, &args.wal_dest, source, args) {
             Ok(()) => return Ok(outcome),
             Err(why) if source == Source::Spool && local => {
-                eprintln!("WARNING: {why}: removed it; fetching it from Barman");
+                tracing::warn!("{why}: removed it; fetching it from Barman");
                 local = false;
             }
             Err(why) => return Err(Failure::BadPayload(why)),
@@ -205,17 +256,18 @@ async fn restore_confirmed(
     }
 }
 
+/// How the call got its file (debug).
 fn report(outcome: &Outcome, stats: &SessionStats) {
     let (connections, channels, refused) = stats.snapshot();
     match outcome {
-        Outcome::FromSpool => eprintln!("INFO: served from the spool, no connection"),
-        Outcome::FromWorker => eprintln!("INFO: delivered by the --async worker"),
+        Outcome::FromSpool => tracing::debug!("served from the spool, no connection"),
+        Outcome::FromWorker => tracing::debug!("delivered by the --async worker"),
         Outcome::Fetched {
             delivered,
             prefetched,
             prefetch_failed,
-        } => eprintln!(
-            "INFO: {} fetched ({} stored, {} -> {} bytes, {:.0} ms); {prefetched} prefetched, \
+        } => tracing::debug!(
+            "{} fetched ({} stored, {} -> {} bytes, {:.0} ms); {prefetched} prefetched, \
              {prefetch_failed} failed; {connections} connection(s), {channels} channel(s), {refused} refused",
             delivered.wal,
             delivered.format.name(),
@@ -306,11 +358,9 @@ async fn run_test(args: &RestoreArgs, stats: &Arc<SessionStats>) -> Result<Outco
     let target = Arc::new(SshTarget::resolve(
         &args.connection.connect_options(&args.barman_host),
     )?);
-    let session =
-        Session::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS, args.verbose)
-            .await?;
+    let session = Session::connect_with_retries(target, stats.clone(), CONNECT_ATTEMPTS).await?;
     // What we resolved and whom we reached, on stderr: stdout stays Barman's answer.
-    eprint!(
+    tracing::info!(
         "{}",
         session.target().describe(session.host_key_fingerprint())
     );
@@ -350,13 +400,10 @@ fn open_spool(args: &RestoreArgs, me: &Owner) -> Result<Option<(Spool, Claim)>, 
     match owner::claim(&spool, me, args.parallel > 0) {
         Ok(Claimed::Ours(claim)) => Ok(Some((spool, claim))),
         Ok(Claimed::Held(other)) => {
-            if args.verbose {
-                eprintln!(
-                    "WARNING: spool {} holds the files of another caller ({other}); \
-                     working without it",
-                    args.spool_dir.display()
-                );
-            }
+            tracing::debug!(
+                "spool {} holds the files of another caller ({other}); working without it",
+                args.spool_dir.display()
+            );
             Ok(None)
         }
         Err(e) if args.parallel > 0 => Err(Failure::Local(format!(
@@ -432,14 +479,12 @@ pub fn serve_from_spool(args: &RestoreArgs) -> Option<i32> {
         args,
     ) {
         // The full path fetches it from Barman.
-        eprintln!("WARNING: {why}: removed it; fetching it from Barman");
+        tracing::warn!("{why}: removed it; fetching it from Barman");
         return None;
     }
     write_stats(&SessionStats::default());
-    if args.verbose {
-        report(&Outcome::FromSpool, &SessionStats::default());
-        report_identity(cluster.as_ref(), &Outcome::FromSpool);
-    }
+    report(&Outcome::FromSpool, &SessionStats::default());
+    report_identity(cluster.as_ref(), &Outcome::FromSpool);
     Some(exit::SUCCESS)
 }
 
@@ -502,15 +547,12 @@ async fn run_restore(
                 }
                 Handed::Missing(_) => {}
                 Handed::Unanswered(why) => {
-                    if args.verbose {
-                        eprintln!("WARNING: {why}; fetching {wal} without the worker");
-                    }
+                    tracing::debug!("{why}; fetching {wal} without the worker");
                 }
             }
-        } else if args.verbose {
-            eprintln!(
-                "WARNING: --async needs a spool of this caller's own (-p 1 or more); \
-                 fetching directly"
+        } else {
+            tracing::debug!(
+                "--async needs a spool of this caller's own (-p 1 or more); fetching directly"
             );
         }
     }
@@ -569,9 +611,7 @@ async fn run_restore(
         fetcher.session().close().await;
         match result {
             Err(failure) if failure.is_transient() && session_attempt < SESSION_ATTEMPTS => {
-                if args.verbose {
-                    eprintln!("WARNING: {failure}; reconnecting");
-                }
+                tracing::debug!("{failure}; reconnecting");
                 session_attempt += 1;
                 broke = Some(failure);
             }
@@ -588,7 +628,6 @@ fn fetch_options(args: &RestoreArgs) -> FetchOptions {
         auto_keep,
         partial: args.partial,
         verify: !args.no_verify,
-        verbose: args.verbose,
     }
 }
 
@@ -613,10 +652,8 @@ pub(crate) async fn connect(
     attempts: u32,
     layout: LayoutSource,
 ) -> Result<Arc<Fetcher>, Failure> {
-    let session = Arc::new(
-        Session::connect_with_retries(target.clone(), stats.clone(), attempts, args.verbose)
-            .await?,
-    );
+    let session =
+        Arc::new(Session::connect_with_retries(target.clone(), stats.clone(), attempts).await?);
     let fetcher = Arc::new(Fetcher::new(session, server.clone(), fetch_options(args)));
     if args.direct_read {
         let key = format!(
@@ -731,10 +768,8 @@ async fn fetch_with_prefetch(
         },
         None => (0, Vec::new()),
     };
-    if fetcher.options().verbose {
-        for failure in &prefetch_failures {
-            eprintln!("WARNING: {failure}");
-        }
+    for failure in &prefetch_failures {
+        tracing::debug!("{failure}");
     }
     // The requested file comes first: if prefetched segments filled the
     // disk it shares with them, drop them and try once more.
@@ -742,9 +777,7 @@ async fn fetch_with_prefetch(
         (Err(failure), Some(spool))
             if is_disk_full(&failure) && spool.evict_prefetched(wal) > 0 =>
         {
-            if fetcher.options().verbose {
-                eprintln!("WARNING: {failure}; dropped prefetched files to make room");
-            }
+            tracing::debug!("{failure}; dropped prefetched files to make room");
             fetcher.transfer_requested(wal, dest).await
         }
         (result, _) => result,

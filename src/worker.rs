@@ -170,16 +170,16 @@ pub async fn run(args: &RestoreArgs) -> i32 {
     let spool = match Spool::open(&args.spool_dir) {
         Ok(spool) => spool,
         Err(failure) => {
-            log(&format!("ERROR: {failure}"));
+            tracing::error!("{failure}");
             return failure.exit_code();
         }
     };
     let Some(spool_identity) = spool::identity(spool.dir()) else {
-        log("ERROR: the spool vanished as the worker started");
+        tracing::error!("the spool vanished as the worker started");
         return exit::SUCCESS;
     };
     let Some(_lock) = handoff::lock_as_worker(&spool, LOCK_PATIENCE) else {
-        log("another worker serves this spool; leaving");
+        tracing::info!("another worker serves this spool; leaving");
         return exit::SUCCESS;
     };
     // The identity of the call that started it (its arguments, its data
@@ -193,35 +193,33 @@ pub async fn run(args: &RestoreArgs) -> i32 {
     let _claim = match owner::claim(&spool, &me, true) {
         Ok(Claimed::Ours(claim)) => claim,
         Ok(Claimed::Held(other)) => {
-            log(&format!(
-                "the spool holds the files of another caller ({other}); leaving"
-            ));
+            tracing::info!("the spool holds the files of another caller ({other}); leaving");
             return exit::SUCCESS;
         }
         Err(e) => {
-            log(&format!("ERROR: cannot claim the spool: {e}"));
+            tracing::error!("cannot claim the spool: {e}");
             return exit::SUCCESS;
         }
     };
-    log(&format!(
+    tracing::info!(
         "worker {} serves spool {} (-p {}, idle exit after {} s) for {}",
         std::process::id(),
         args.spool_dir.display(),
         args.parallel.max(1),
         args.async_idle,
         me.describe()
-    ));
+    );
     let server = match BarmanServer::new(&args.server_name, args.connection.config.as_deref()) {
         Ok(server) => server,
         Err(failure) => {
-            log(&format!("ERROR: {failure}"));
+            tracing::error!("{failure}");
             return failure.exit_code();
         }
     };
     let target = match SshTarget::resolve(&args.connection.connect_options(&args.barman_host)) {
         Ok(target) => Arc::new(target),
         Err(failure) => {
-            log(&format!("ERROR: {failure}"));
+            tracing::error!("{failure}");
             return failure.exit_code();
         }
     };
@@ -279,12 +277,12 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         fetcher.session().close().await;
     }
     let (connections, channels, refused) = worker.stats.snapshot();
-    log(&format!(
+    tracing::info!(
         "worker {} exiting ({why}): {} file(s) fetched, {connections} connection(s), \
          {channels} channel(s), {refused} refused",
         std::process::id(),
         worker.served
-    ));
+    );
     write_stats(&worker.stats);
     exit::SUCCESS
 }
@@ -373,9 +371,7 @@ impl Worker<'_> {
                 continue;
             }
             self.last_activity = Instant::now();
-            if self.args.verbose {
-                log(&format!("request {token}: {wal}"));
-            }
+            tracing::debug!("request {token}: {wal}");
             self.move_cursor(&wal);
             self.failed.remove(&wal);
             if self.spool.contains(&wal) {
@@ -462,7 +458,7 @@ impl Worker<'_> {
             return;
         }
         if let Some(old) = self.fetcher.take() {
-            log("the session broke; reconnecting");
+            tracing::warn!("the session broke; reconnecting");
             old.session().close().await;
         }
         if Instant::now() < self.next_connect {
@@ -480,13 +476,11 @@ impl Worker<'_> {
         .await;
         match connected {
             Ok(fetcher) => {
-                if self.args.verbose {
-                    log("connected");
-                }
+                tracing::debug!("connected");
                 self.fetcher = Some(fetcher)
             }
             Err(failure) => {
-                log(&format!("cannot connect: {failure}"));
+                tracing::warn!("cannot connect: {failure}");
                 self.next_connect = Instant::now() + RECONNECT_PAUSE;
                 // The callers fetch on their own rather than wait for us.
                 let waiting: Vec<String> = self.pending.keys().cloned().collect();
@@ -636,12 +630,7 @@ impl Worker<'_> {
                     Ok(delivered) => {
                         self.served += 1;
                         self.segment_size = Some(delivered.bytes_out);
-                        if self.args.verbose {
-                            log(&format!(
-                                "{wal} ready in {} ms",
-                                started.elapsed().as_millis()
-                            ));
-                        }
+                        tracing::debug!("{wal} ready in {} ms", started.elapsed().as_millis());
                         // Its callers take it from the spool; until they withdraw
                         // their requests, those must not start it again.
                         for token in self.waiting_for(&wal) {
@@ -674,7 +663,7 @@ impl Worker<'_> {
                         self.peek_from = Some(from);
                     }
                     Err(failure) => {
-                        log(&format!("peek from {from} failed: {failure}"));
+                        tracing::warn!("peek from {from} failed: {failure}");
                         self.at_head = true;
                         if failure.is_transient() {
                             self.drop_session();
@@ -687,11 +676,13 @@ impl Worker<'_> {
 
     fn transfer_failed(&mut self, wal: WalName, failure: Failure) {
         let waiting = self.waiting_for(&wal);
-        // A prefetch nobody waits for is worth a line unless it is a "not
-        // found": past the archive's head, that is the expected answer.
+        // A prefetch nobody waits for is worth a warning unless it is a
+        // "not found": past the archive's head, that is the expected answer.
         let unexpected = waiting.is_empty() && !matches!(failure, Failure::NotFound(_));
-        if unexpected || self.args.verbose {
-            log(&format!("{wal}: {failure}"));
+        if unexpected {
+            tracing::warn!("{wal}: {failure}");
+        } else {
+            tracing::debug!("{wal}: {failure}");
         }
         let answer = match &failure {
             Failure::NotFound(message) => Answer::Missing(message.clone()),
@@ -725,7 +716,7 @@ impl Worker<'_> {
 
     fn drop_session(&mut self) {
         if let Some(fetcher) = self.fetcher.take() {
-            log("the session failed; reconnecting on the next need");
+            tracing::warn!("the session failed; reconnecting on the next need");
             tokio::spawn(async move { fetcher.session().close().await });
         }
     }
@@ -734,7 +725,7 @@ impl Worker<'_> {
         self.pending.remove(token);
         self.settled.insert(token.to_string());
         if let Err(e) = handoff::answer(&self.spool, token, &answer) {
-            log(&format!("cannot answer request {token}: {e}"));
+            tracing::warn!("cannot answer request {token}: {e}");
         }
     }
 }
@@ -763,34 +754,4 @@ fn write_stats(stats: &SessionStats) {
 /// may hold once PostgreSQL is at `cursor`.
 fn follows(wal: &WalName, cursor: &WalName) -> bool {
     wal.timeline() == cursor.timeline() && wal.position() > cursor.position()
-}
-
-/// One line on the worker's log (its stderr), with the local time: the
-/// log is read by a DBA next to PostgreSQL's own.
-fn log(message: &str) {
-    eprintln!("{} {message}", local_time());
-}
-
-/// `YYYY-MM-DD HH:MM:SS.mmm` in local time. By hand through libc rather than a
-/// date crate: one format, one call site.
-fn local_time() -> String {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let now = since_epoch.as_secs() as libc::time_t;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
-        return now.to_string();
-    }
-    // Milliseconds: a request is answered in a few of them.
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        since_epoch.subsec_millis()
-    )
 }

@@ -3,7 +3,8 @@
 //! the library; everything else lives there.
 
 use barman_wal_restore::config_file::{self, Resolution};
-use barman_wal_restore::{exit, restore, shutdown, worker};
+use barman_wal_restore::logging::{self, LogLevel};
+use barman_wal_restore::{exit, handoff, restore, shutdown, worker};
 
 fn main() {
     // The command line over the environment over the settings file; a bad
@@ -15,12 +16,16 @@ fn main() {
             std::process::exit(exit::SUCCESS);
         }
         Err(e) => {
-            eprintln!("ERROR: {e}");
+            logging::to_stderr(LogLevel::Info);
+            tracing::error!("{e}");
             std::process::exit(exit::CONNECTION);
         }
     };
     if args.async_worker {
         worker::detach(&mut args);
+        logging::to_worker_log(&args.spool_dir.join(handoff::LOG_FILE), args.log_level());
+    } else {
+        logging::to_stderr(args.log_level());
     }
     if !args.async_worker {
         if let Some(code) = restore::serve_from_spool(&args) {
@@ -34,7 +39,7 @@ fn main() {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("ERROR: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             std::process::exit(exit::LOCAL);
         }
     };

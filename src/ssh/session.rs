@@ -371,7 +371,6 @@ impl Session {
         target: Arc<SshTarget>,
         stats: Arc<SessionStats>,
         attempts: u32,
-        verbose: bool,
     ) -> Result<Session, Failure> {
         let mut pause = Duration::from_millis(250);
         let mut attempt = 1;
@@ -380,11 +379,7 @@ impl Session {
                 Ok(session) => return Ok(session),
                 Err(e) if attempt >= attempts || !is_retryable(&e) => return Err(e),
                 Err(e) => {
-                    if verbose {
-                        eprintln!(
-                            "WARNING: attempt {attempt}/{attempts}: {e}; retrying in {pause:?}"
-                        );
-                    }
+                    tracing::debug!("attempt {attempt}/{attempts}: {e}; retrying in {pause:?}");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(4));
                     attempt += 1;
