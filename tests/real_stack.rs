@@ -43,6 +43,8 @@ const DEST: &str = "pg_wal/RECOVERYXLOG";
 
 type TestResult = Result<(), Failed>;
 
+#[path = "real_stack/logging.rs"]
+mod logging_trials;
 #[path = "real_stack/ssh_config.rs"]
 mod ssh_config_trials;
 
@@ -3232,6 +3234,9 @@ fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     );
 
     for (name, trial) in ssh_config_trials::trials() {
+        add(name.into(), Box::new(trial));
+    }
+    for (name, trial) in logging_trials::trials() {
         add(name.into(), Box::new(trial));
     }
     v
