@@ -294,11 +294,22 @@ fn a_standby_at_the_head_says_so_once_per_interval_and_never_as_an_error() {
              {interval:?}:\n{stderr}"
         );
         assert_eq!(lines.len(), waiting, "{options:?}: nothing else:\n{stderr}");
+        // The calls remember the notice in the data directory; without
+        // that memory the next miss says it again.
+        fs::remove_file(data.join(".bwr-head-notice")).expect("the stamp in the data directory");
         // A timeline's history file PostgreSQL probes for meanwhile: not
-        // even an INFO line.
+        // even an INFO line, and the notice stays due for the segment.
         let out = call.run("00000002.history", &work.dest());
         out.assert_code(1);
         assert_eq!(out.stderr, "", "{options:?}");
+        let out = call.run(&head, &work.dest());
+        out.assert_code(1);
+        assert!(
+            out.stderr
+                .starts_with("INFO: standby waiting at the archive's head for"),
+            "{options:?}: {}",
+            out.stderr
+        );
     }
 }
 
