@@ -25,6 +25,18 @@ fn waiting_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
+fn no_error_of_ours(pg: &Pg, log: &str) -> TestResult {
+    let errors = ours(log, "ERROR");
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(fail(format!(
+        "{}: ERROR lines of ours while waiting at the head:\n{}",
+        pg.name,
+        errors.join("\n")
+    )))
+}
+
 fn standby_waits_at_the_head_quietly(st: &Stack) -> TestResult {
     let cmd = st.restore_command(&st.config("gzip"), "");
     let conf = format!(
@@ -37,7 +49,11 @@ fn standby_waits_at_the_head_quietly(st: &Stack) -> TestResult {
         wait_until(
             RECOVERY_TIMEOUT,
             "the standby's first notice at the head",
-            || Ok((!waiting_lines(&pg.log_text()).is_empty()).then_some(())),
+            || {
+                let log = pg.log_text();
+                no_error_of_ours(pg, &log)?;
+                Ok((!waiting_lines(&log).is_empty()).then_some(()))
+            },
         )?;
         let since = Instant::now();
         // The trial's span: the standby polls on its own meanwhile.
@@ -46,14 +62,7 @@ fn standby_waits_at_the_head_quietly(st: &Stack) -> TestResult {
         })?;
         let log = pg.log_text();
         let waiting = waiting_lines(&log);
-        let errors = ours(&log, "ERROR");
-        if !errors.is_empty() {
-            return Err(fail(format!(
-                "{}: ERROR lines of ours while waiting at the head:\n{}",
-                pg.name,
-                errors.join("\n")
-            )));
-        }
+        no_error_of_ours(pg, &log)?;
         // At most one per interval in the watch (and the first one); at least two: the
         // notice repeats once its interval passed, so the limit, not silence, kept it at that.
         let most = (WATCH.as_secs() / INTERVAL.as_secs() + 1) as usize;
