@@ -37,6 +37,9 @@ command -v cmp >/dev/null 2>&1 || want+=(diffutils)
 command -v man >/dev/null 2>&1 || want+=(man-db)
 command -v zsh >/dev/null 2>&1 || want+=(zsh)
 command -v fish >/dev/null 2>&1 || want+=(fish)
+# Debian's own Barman (3.4.0 on Debian 12), the second Barman of the real stack; python3-barman
+# comes with barman-cli, which the Debian package test needs installed anyway.
+/usr/bin/python3 -c 'import barman' 2>/dev/null || want+=(barman-cli)
 
 if (( ${#want[@]} )); then
     log "apt-get install ${want[*]}"

@@ -138,7 +138,7 @@ pub fn cache_path(spool: &Path, key: &str) -> PathBuf {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    spool.join(format!(".bwr-layout.{hash:016x}"))
+    spool.join(format!("{}{hash:016x}", crate::spool::names::LAYOUT_PREFIX))
 }
 
 pub fn load_cache(path: &Path) -> Option<DirectState> {

@@ -31,10 +31,9 @@ use crate::exit::Failure;
 use crate::spool::{Spool, TempFile};
 use crate::wal::WalName;
 
-pub const LOCK_FILE: &str = ".bwr-worker.lock";
-pub const LOG_FILE: &str = ".bwr-worker.log";
-const WANT_PREFIX: &str = ".bwr-want.";
-const ANSWER_PREFIX: &str = ".bwr-answer.";
+use crate::spool::names::{
+    ANSWER_PREFIX, WANT_PREFIX, WORKER_LOCK as LOCK_FILE, WORKER_LOG as LOG_FILE,
+};
 
 /// How often a waiting call looks for its file. A stat of one name: cheap
 /// enough to keep the hand-over latency at a few milliseconds.

@@ -32,10 +32,11 @@ use crate::pg_control::ClusterIdentity;
 use crate::spool::Spool;
 use crate::wal::WalName;
 
-pub const OWNER_FILE: &str = ".bwr-owner";
-pub const WANTED_FILE: &str = ".bwr-owner.wanted";
+use crate::spool::names::{
+    ANSWER_PREFIX, OWNER as OWNER_FILE, OWNER_WANTED as WANTED_FILE, PEEK_CACHE, WANT_PREFIX,
+};
 /// The previous owner's listing and requests go with its WAL files.
-const OWNED_PREFIXES: [&str; 3] = [".bwr-peek", ".bwr-want.", ".bwr-answer."];
+const OWNED_PREFIXES: [&str; 3] = [PEEK_CACHE, WANT_PREFIX, ANSWER_PREFIX];
 
 /// How long a call waits for a shared lock while another identity takes
 /// the spool over (an instant: a read_dir and a few unlinks).

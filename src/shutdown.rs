@@ -5,7 +5,7 @@
 //! or SIGINT the handler installed by [`exit_on_signals`] removes whatever is
 //! still registered and exits 143 or 130: PostgreSQL sends SIGTERM at
 //! shutdown and expects exactly that. A SIGKILL leaves temp names, which are
-//! recognisable (see [`crate::spool::TEMP_PREFIX`]) and removed by the next run.
+//! recognisable (see [`crate::spool::names::TEMP_PREFIX`]) and removed by the next run.
 
 use std::collections::HashSet;
 use std::io;

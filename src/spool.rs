@@ -16,11 +16,40 @@ use crate::exit::Failure;
 use crate::shutdown::TempRegistry;
 use crate::wal::{WalKind, WalName};
 
-/// The last peek's answer, kept by [`Spool::remember_listing`].
-const PEEK_CACHE: &str = ".bwr-peek";
+/// Every name we give a file in the spool besides WAL names: one list, so
+/// that the code and the tests that audit a spool never disagree.
+pub mod names {
+    /// The last peek's answer, kept by [`super::Spool::remember_listing`].
+    pub const PEEK_CACHE: &str = ".bwr-peek";
+    /// Every temp file we create starts with this; nothing else does.
+    pub const TEMP_PREFIX: &str = ".bwr-tmp.";
+    /// `--direct-read`'s layout of one Barman server, learnt once.
+    pub const LAYOUT_PREFIX: &str = ".bwr-layout.";
+    /// The `--async` worker's lock, held while it lives.
+    pub const WORKER_LOCK: &str = ".bwr-worker.lock";
+    /// The `--async` worker's log (and `.bwr-worker.log.1`, the one
+    /// before it: [`crate::logging`] rotates it).
+    pub const WORKER_LOG: &str = ".bwr-worker.log";
+    /// Every worker file starts with this.
+    pub const WORKER_PREFIX: &str = ".bwr-worker.";
+    /// A call's request to the worker, and the worker's answer.
+    pub const WANT_PREFIX: &str = ".bwr-want.";
+    pub const ANSWER_PREFIX: &str = ".bwr-answer.";
+    /// Whose spool it is, and who else asked for it.
+    pub const OWNER: &str = ".bwr-owner";
+    pub const OWNER_WANTED: &str = ".bwr-owner.wanted";
 
-/// Every temp file we create starts with this; nothing else does.
-pub const TEMP_PREFIX: &str = ".bwr-tmp.";
+    /// Our own bookkeeping (not WAL, not a temp file): what an audit of a
+    /// spool may find besides delivered WAL.
+    pub fn is_bookkeeping(name: &str) -> bool {
+        name == PEEK_CACHE
+            || name.starts_with(LAYOUT_PREFIX)
+            || name.starts_with(WORKER_PREFIX)
+            || name.starts_with(OWNER)
+    }
+}
+
+use names::{PEEK_CACHE, TEMP_PREFIX};
 
 /// A temp file older than this is removed even if its pid is alive (the pid
 /// was reused); no single transfer runs that long.

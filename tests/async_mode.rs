@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use embedded_barman::{EmbeddedBarman, FaultRule, StoredCompression, StreamFault, Target};
 
-const LOG: &str = ".bwr-worker.log";
-const LOCK: &str = ".bwr-worker.lock";
+use common::{WORKER_LOCK as LOCK, WORKER_LOG as LOG};
 
 /// The worker's log, or "" before the first worker.
 /// Whether `pid` runs (a zombie waiting for init to reap it does not).

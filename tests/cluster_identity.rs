@@ -275,7 +275,7 @@ fn a_worker_serves_one_caller_identity() {
         "the old worker stayed {:?} (--async-idle is 60 s)",
         started.elapsed()
     );
-    let log = fs::read_to_string(work.spool.join(".bwr-worker.log")).unwrap();
+    let log = fs::read_to_string(work.spool.join(common::WORKER_LOG)).unwrap();
     assert!(
         log.contains("a caller of another identity wants the spool"),
         "{log}"
@@ -326,7 +326,7 @@ fn relative_paths_reach_the_async_worker() {
         "{:?}",
         started.elapsed()
     );
-    let log = fs::read_to_string(spool.join(".bwr-worker.log")).unwrap();
+    let log = fs::read_to_string(spool.join(common::WORKER_LOG)).unwrap();
     assert!(
         log.contains(&format!("serves spool {}", spool.display())),
         "{log}"
@@ -347,7 +347,7 @@ fn remove_spool(spool: &Path) {
 /// Waits (bounded) until no worker holds the lock of `spool`.
 fn wait_for_no_worker(spool: &Path, limit: Duration) {
     let gone = wait_until(limit, || {
-        fs::File::open(spool.join(".bwr-worker.lock"))
+        fs::File::open(spool.join(common::WORKER_LOCK))
             .map(|f| f.try_lock_shared().is_ok())
             .unwrap_or(true)
     });
@@ -355,6 +355,6 @@ fn wait_for_no_worker(spool: &Path, limit: Duration) {
         gone,
         "a worker still serves {}; log:\n{}",
         spool.display(),
-        fs::read_to_string(spool.join(".bwr-worker.log")).unwrap_or_default()
+        fs::read_to_string(spool.join(common::WORKER_LOG)).unwrap_or_default()
     );
 }

@@ -54,6 +54,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Outcome {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         elapsed: Duration::ZERO,
+        command: BIN.to_string(),
     }
 }
 

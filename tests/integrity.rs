@@ -461,7 +461,7 @@ fn the_worker_never_spools_a_partial_under_a_segment_name() {
     }
     // On the archive's last segment, the worker probes the one after it.
     let head = seg(3);
-    let log = || fs::read_to_string(work.spool.join(".bwr-worker.log")).unwrap_or_default();
+    let log = || fs::read_to_string(work.spool.join(common::WORKER_LOG)).unwrap_or_default();
     let probed = wait_until(Duration::from_secs(15), || {
         log()
             .lines()
@@ -482,7 +482,7 @@ fn the_worker_never_spools_a_partial_under_a_segment_name() {
     );
     assert_clean(&work.spool, archive, None);
     // The worker leaves after its idle second (its spool goes with `work`).
-    let lock = work.spool.join(".bwr-worker.lock");
+    let lock = work.spool.join(common::WORKER_LOCK);
     let left = wait_until(Duration::from_secs(20), || {
         fs::File::open(&lock).is_ok_and(|f| f.try_lock_shared().is_ok())
     });

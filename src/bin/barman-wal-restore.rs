@@ -4,7 +4,8 @@
 
 use barman_wal_restore::config_file::{self, Resolution};
 use barman_wal_restore::logging::{self, LogLevel};
-use barman_wal_restore::{exit, handoff, restore, shutdown, worker};
+use barman_wal_restore::spool::names::WORKER_LOG;
+use barman_wal_restore::{exit, restore, shutdown, worker};
 
 fn main() {
     // The command line over the environment over the settings file; a bad
@@ -23,7 +24,7 @@ fn main() {
     };
     if args.async_worker {
         worker::detach(&mut args);
-        logging::to_worker_log(&args.spool_dir.join(handoff::LOG_FILE), args.log_level());
+        logging::to_worker_log(&args.spool_dir.join(WORKER_LOG), args.log_level());
     } else {
         logging::to_stderr(args.log_level());
     }

@@ -31,8 +31,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_barman-wal-restore");
 pub const SEGMENT_SIZE: u64 = 1 << 20;
 /// The statuses the binary may ever exit with outside archive recovery.
 pub const ALLOWED: [i32; 6] = [0, 1, 2, 3, 130, 143];
-/// Temp files of the binary start with this; nothing else does.
-pub const TEMP_PREFIX: &str = ".bwr-tmp.";
+/// The spool's own file names, as the binary spells them.
+#[allow(unused_imports)] // each test binary uses some of them
+pub use barman_wal_restore::spool::names::{is_bookkeeping, TEMP_PREFIX, WORKER_LOCK, WORKER_LOG};
 /// The WAL_DEST name PostgreSQL uses.
 pub const DEST_NAME: &str = "RECOVERYXLOG";
 /// Upper bound of any single call; a call that runs longer is a hang.
@@ -134,9 +135,36 @@ pub struct Outcome {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// The command line that ran, for messages.
+    pub command: String,
 }
 
 impl Outcome {
+    /// The command, how it ended, its output (stdout cut at 2000 bytes): for a failure message.
+    pub fn describe(&self) -> String {
+        let mut cut = self.stdout.len().min(2000);
+        while !self.stdout.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!(
+            "`{}` -> exit {} after {:.2?}\n--- stdout: {}\n--- stderr:\n{}",
+            self.command,
+            self.code,
+            self.elapsed,
+            &self.stdout[..cut],
+            self.stderr
+        )
+    }
+
+    /// `Err` (saying what ran and how it ended) unless the exit status is `want`.
+    pub fn check_code(&self, want: i32) -> Result<(), String> {
+        if self.code == want {
+            Ok(())
+        } else {
+            Err(format!("expected exit {want}, got:\n{}", self.describe()))
+        }
+    }
+
     /// The `ERROR:` lines of stderr (after the time and pid that `-v`
     /// puts in front).
     pub fn errors(&self) -> Vec<&str> {
@@ -345,9 +373,6 @@ fn spawn_argv(
     let mut command = Command::new(BIN);
     command
         .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .env_remove("SSH_AUTH_SOCK")
         .env_remove("RUST_LOG");
     // Hermetic: neither this machine's /etc/barman-wal-restore.conf nor
@@ -366,18 +391,19 @@ fn spawn_argv(
     if let Some(dir) = cwd {
         command.current_dir(dir);
     }
-    let started = Instant::now();
-    let mut child = command.spawn().expect("the binary starts");
-    let stdout = reader(child.stdout.take().expect("stdout piped"));
-    let stderr = reader(child.stderr.take().expect("stderr piped"));
-    Running {
-        child,
-        stdout: Some(stdout),
-        stderr: Some(stderr),
-        started,
-        allow_abort,
-        timeout,
+    let mut running = Running::start(&mut command, timeout).expect("the binary starts");
+    running.allow_abort = allow_abort;
+    running
+}
+
+/// `program arg...` as one line, for messages.
+pub fn describe_command(command: &Command) -> String {
+    let mut line = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
     }
+    line
 }
 
 fn reader<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<String> {
@@ -396,9 +422,33 @@ pub struct Running {
     started: Instant,
     allow_abort: bool,
     timeout: Duration,
+    command: String,
 }
 
 impl Running {
+    /// Starts `command` (stdin closed, stdout and stderr collected) to run for at most
+    /// `timeout`; neither its arguments nor its environment are touched.
+    pub fn start(command: &mut Command, timeout: Duration) -> std::io::Result<Running> {
+        let line = describe_command(command);
+        let started = Instant::now();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = reader(child.stdout.take().expect("stdout piped"));
+        let stderr = reader(child.stderr.take().expect("stderr piped"));
+        Ok(Running {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            started,
+            allow_abort: false,
+            timeout,
+            command: line,
+        })
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -419,6 +469,23 @@ impl Running {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// SIGKILL now (nothing happens if it has already ended); [`Running::finish`] still
+    /// reports how it ended.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// Waits for the end, whatever the status; `Err` if it outlived its timeout (it is killed
+    /// then): for commands other than the binary under test, and callers that must clean up.
+    pub fn finish(mut self) -> Result<Outcome, String> {
+        self.wait_bounded().map_err(|_| {
+            format!(
+                "`{}` did not finish within {:?} (killed)",
+                self.command, self.timeout
+            )
+        })
+    }
+
     /// Waits (bounded by the call's timeout) and checks the status is one
     /// the binary may use; death by SIGKILL is the caller's business.
     pub fn wait(mut self) -> Outcome {
@@ -435,6 +502,17 @@ impl Running {
     }
 
     fn wait_raw(&mut self) -> Outcome {
+        match self.wait_bounded() {
+            Ok(outcome) => outcome,
+            Err(stderr) => panic!(
+                "the call did not end within {:?} (a hang); stderr:\n{stderr}",
+                self.timeout
+            ),
+        }
+    }
+
+    /// The outcome, or (after killing it at its timeout) its stderr.
+    fn wait_bounded(&mut self) -> Result<Outcome, String> {
         let deadline = self.started + self.timeout;
         let status = loop {
             match self.child.try_wait().expect("try_wait") {
@@ -443,11 +521,7 @@ impl Running {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default());
-                    panic!(
-                        "the call did not end within {:?} (a hang); stderr:\n{}",
-                        self.timeout,
-                        stderr.unwrap_or_default()
-                    );
+                    return Err(stderr.unwrap_or_default());
                 }
                 None => std::thread::sleep(Duration::from_millis(2)),
             }
@@ -456,13 +530,14 @@ impl Running {
         let stdout = self.stdout.take().map(|h| h.join().unwrap_or_default());
         let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default());
         let signaled = status.signal();
-        Outcome {
+        Ok(Outcome {
             code: status.code().unwrap_or_else(|| 128 + signaled.unwrap_or(0)),
             signaled,
             stdout: stdout.unwrap_or_default(),
             stderr: stderr.unwrap_or_default(),
             elapsed,
-        }
+            command: self.command.clone(),
+        })
     }
 }
 
@@ -479,16 +554,57 @@ impl Drop for Running {
 /// Waits until `condition` holds, polling for at most `limit`; false if it
 /// never did.
 pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let waited = poll(limit, Duration::from_millis(2), || {
+        Ok::<_, std::convert::Infallible>(condition().then_some(()))
+    });
+    matches!(waited, Ok(Some(())))
+}
+
+/// Polls `probe` every `every` until it yields a value, for at most `limit`:
+/// `Ok(None)` if it never did. An `Err` from the probe ends the wait at once
+/// (the thing waited for can no longer happen).
+pub fn poll<T, E>(
+    limit: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
     let deadline = Instant::now() + limit;
     loop {
-        if condition() {
-            return true;
+        if let Some(value) = probe()? {
+            return Ok(Some(value));
         }
         if Instant::now() >= deadline {
-            return false;
+            return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(every);
     }
+}
+
+/// The offset of the first byte where `a` and `b` differ (the shorter length
+/// if one is a prefix of the other).
+pub fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}
+
+/// `Err` unless the file `got` holds exactly the bytes of the file `want`;
+/// says where they part, without printing megabytes.
+pub fn compare_files(got: &Path, want: &Path) -> Result<(), String> {
+    let g = fs::read(got).map_err(|e| format!("{}: {e}", got.display()))?;
+    let w = fs::read(want).map_err(|e| format!("{}: {e}", want.display()))?;
+    if g == w {
+        return Ok(());
+    }
+    Err(format!(
+        "{} differs from {}: {} vs {} bytes, first difference at offset {}",
+        got.display(),
+        want.display(),
+        g.len(),
+        w.len(),
+        first_difference(&g, &w)
+    ))
 }
 
 /// Asserts the file at `path` holds exactly `expected`, without printing
@@ -496,11 +612,7 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 pub fn assert_bytes(path: &Path, expected: &[u8]) {
     let actual = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     if actual != expected {
-        let first_diff = actual
-            .iter()
-            .zip(expected)
-            .position(|(a, b)| a != b)
-            .unwrap_or(actual.len().min(expected.len()));
+        let first_diff = first_difference(&actual, expected);
         panic!(
             "{}: {} bytes, expected {}; first difference at offset {first_diff}",
             path.display(),
@@ -555,16 +667,6 @@ pub fn names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The client's own bookkeeping files in the spool (the last peek's
-/// answer, the direct-read layout, the `--async` worker's lock and log,
-/// the spool's owner): never a WAL name, never served as WAL.
-pub fn is_bookkeeping(name: &str) -> bool {
-    name == ".bwr-peek"
-        || name.starts_with(".bwr-layout.")
-        || name.starts_with(".bwr-worker.")
-        || name.starts_with(".bwr-owner")
-}
-
 /// Temp files (`.bwr-tmp.*`) in `dir`.
 pub fn temps(dir: &Path) -> Vec<String> {
     names(dir)
@@ -588,6 +690,16 @@ pub struct Audit {
 /// bytes; `dest` (if given, as (path, WAL requested)) must hold the raw
 /// bytes of the WAL requested; temp files are listed apart.
 pub fn audit(dir: &Path, archive: &Archive, dest: Option<(&Path, &str)>) -> Audit {
+    audit_against(dir, dest, |wal| raw(archive, wal))
+}
+
+/// [`audit`] against another source of truth: `expected(name)` is the raw
+/// content of the WAL `name`, `None` if there is no such WAL.
+pub fn audit_against(
+    dir: &Path,
+    dest: Option<(&Path, &str)>,
+    expected: impl Fn(&str) -> Option<Arc<Vec<u8>>>,
+) -> Audit {
     let mut audit = Audit::default();
     for name in names(dir) {
         let path = dir.join(&name);
@@ -596,8 +708,8 @@ pub fn audit(dir: &Path, archive: &Archive, dest: Option<(&Path, &str)>) -> Audi
             continue;
         }
         let expected = match dest {
-            Some((dest_path, wal)) if dest_path == path => raw(archive, wal),
-            _ => raw(archive, &name),
+            Some((dest_path, wal)) if dest_path == path => expected(wal),
+            _ => expected(&name),
         };
         match (expected, fs::read(&path)) {
             (Some(expected), Ok(actual)) if *expected == actual => audit.complete.push(name),
@@ -756,7 +868,12 @@ pub fn closed_port() -> u16 {
 
 /// The `--async` worker's log in the spool.
 pub fn worker_log(work: &Work) -> String {
-    std::fs::read_to_string(work.spool.join(".bwr-worker.log")).unwrap_or_default()
+    worker_log_in(&work.spool)
+}
+
+/// The `--async` worker's log in `spool` (empty if there is none).
+pub fn worker_log_in(spool: &Path) -> String {
+    std::fs::read_to_string(spool.join(WORKER_LOG)).unwrap_or_default()
 }
 
 /// Pids of the workers that took the spool's lock, in order: the log's

@@ -4,7 +4,12 @@
 //! never with an ERROR line of ours. The one-minute interval is scaled to 6 s through the
 //! test-only variable, so ~30 s stand for the issue's 5 minutes.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{with_cluster, RECOVERY_TIMEOUT};
+use crate::run::{fail, wait_until, TestResult};
+use crate::stack::Stack;
+use crate::Named;
 
 /// src/logging.rs: for tests only, the head notice's interval in seconds.
 const HEAD_NOTICE_SECS: &str = "BARMAN_WAL_RESTORE_TEST_HEAD_NOTICE_SECS";
@@ -25,14 +30,13 @@ fn waiting_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-fn no_error_of_ours(pg: &Pg, log: &str) -> TestResult {
+fn no_error_of_ours(log: &str) -> TestResult {
     let errors = ours(log, "ERROR");
     if errors.is_empty() {
         return Ok(());
     }
     Err(fail(format!(
-        "{}: ERROR lines of ours while waiting at the head:\n{}",
-        pg.name,
+        "standby-head: ERROR lines of ours while waiting at the head:\n{}",
         errors.join("\n")
     )))
 }
@@ -51,7 +55,7 @@ fn standby_waits_at_the_head_quietly(st: &Stack) -> TestResult {
             "the standby's first notice at the head",
             || {
                 let log = pg.log_text();
-                no_error_of_ours(pg, &log)?;
+                no_error_of_ours(&log)?;
                 Ok((!waiting_lines(&log).is_empty()).then_some(()))
             },
         )?;
@@ -62,14 +66,14 @@ fn standby_waits_at_the_head_quietly(st: &Stack) -> TestResult {
         })?;
         let log = pg.log_text();
         let waiting = waiting_lines(&log);
-        no_error_of_ours(pg, &log)?;
+        no_error_of_ours(&log)?;
         // At most one per interval in the watch (and the first one); at least two: the
         // notice repeats once its interval passed, so the limit, not silence, kept it at that.
         let most = (WATCH.as_secs() / INTERVAL.as_secs() + 1) as usize;
         if !(2..=most).contains(&waiting.len()) {
             return Err(fail(format!(
-                "{}: {} waiting notices in {WATCH:?} (interval {INTERVAL:?}, at most {most}):\n{}",
-                pg.name,
+                "standby-head: {} waiting notices in {WATCH:?} (interval {INTERVAL:?}, at most \
+                 {most}):\n{}",
                 waiting.len(),
                 waiting.join("\n")
             )));
@@ -83,10 +87,8 @@ fn standby_waits_at_the_head_quietly(st: &Stack) -> TestResult {
     })
 }
 
-type Named = (&'static str, fn(&Stack) -> TestResult);
-
-pub(super) fn trials() -> Vec<Named> {
-    vec![(
+pub fn trials() -> Vec<Named> {
+    vec![Named::new(
         "logging::standby_waits_at_the_head_quietly",
         standby_waits_at_the_head_quietly,
     )]

@@ -1,4 +1,4 @@
-//! Real-stack trials of issue 16: ssh_config and host keys as OpenSSH reads them, against real
+//! Real-stack trials: ssh_config and host keys as OpenSSH reads them, against real
 //! sshds started for each trial (`stack.sh sshd-start`): ProxyJump (one hop, a chain of two, a
 //! target only the jump host may reach), ProxyCommand `ssh -W`, hosts known only by their ECDSA
 //! or RSA key, host certificates (trusted, expired), a user certificate, a Match block that must
@@ -6,7 +6,20 @@
 //! with what PostgreSQL archived; every refusal runs no remote command (a `log-all` account logs
 //! each one).
 
-use super::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use libtest_mimic::Failed;
+
+use crate::checks::compare_file;
+use crate::common::{Outcome, BIN};
+use crate::run::{fail, run, ExpectCode, TestResult};
+use crate::sshd::Sshd;
+use crate::stack::{Stack, CALL_TIMEOUT, DEST, SERVER};
+use crate::Named;
 
 /// Our binary with `-F CONFIG` and nothing else of the SSH side: ssh_config says it all.
 fn ours_f(st: &Stack, config: &Path, host: &str, wal: &str, cwd: &Path) -> Command {
@@ -67,7 +80,7 @@ fn fetch_is_identical(st: &Stack, config: &Path, host: &str, work: &Path) -> Tes
     compare_file(&work.join(DEST), &st.orig().join(&seg))
 }
 
-fn expect_refused(out: &Out, code: i32, says: &[&str]) -> TestResult {
+fn expect_refused(out: &Outcome, code: i32, says: &[&str]) -> TestResult {
     out.expect_code(code)?;
     let errors: Vec<&str> = out
         .stderr
@@ -84,7 +97,7 @@ fn expect_refused(out: &Out, code: i32, says: &[&str]) -> TestResult {
 }
 
 /// OpenSSH itself, on the same config: the oracle of what must succeed or fail.
-fn openssh(config: &Path, host: &str) -> Result<Out, Failed> {
+fn openssh(config: &Path, host: &str) -> Result<Outcome, Failed> {
     run(
         Command::new("/usr/bin/ssh")
             .arg("-F")
@@ -127,12 +140,12 @@ fn proxy_jump(st: &Stack) -> TestResult {
         CALL_TIMEOUT,
     )?;
     expect_refused(&out, 2, &["Permission denied"])?;
-    if openssh(&config, "barman-direct")?.code == Some(0) {
+    if openssh(&config, "barman-direct")?.code == 0 {
         return Err(fail(
             "OpenSSH reached the target directly: the trial proves nothing",
         ));
     }
-    if openssh(&config, "barman-behind")?.code != Some(0) {
+    if openssh(&config, "barman-behind")?.code != 0 {
         return Err(fail("OpenSSH cannot reach the target through the jump"));
     }
     Ok(())
@@ -266,7 +279,7 @@ fn known_only_by(st: &Stack, kind: &str) -> TestResult {
             CALL_TIMEOUT,
         )?;
         expect_refused(&out, 2, &["below RequiredRSASize 4096"])?;
-        if openssh(&strict, "barman")?.code == Some(0) {
+        if openssh(&strict, "barman")?.code == 0 {
             return Err(fail(
                 "OpenSSH accepted the 3072-bit host key with RequiredRSASize 4096",
             ));
@@ -338,7 +351,7 @@ fn host_certificate(st: &Stack) -> TestResult {
     if !forced.commands().is_empty() {
         return Err(fail(forced.describe()));
     }
-    if openssh(&config, "expired")?.code == Some(0) {
+    if openssh(&config, "expired")?.code == 0 {
         return Err(fail("OpenSSH accepted the expired host certificate"));
     }
     Ok(())
@@ -433,7 +446,7 @@ fn match_block_does_not_weaken_host_keys(st: &Stack) -> TestResult {
     if !forced.commands().is_empty() {
         return Err(fail(forced.describe()));
     }
-    if openssh(&config, "barman")?.code == Some(0) {
+    if openssh(&config, "barman")?.code == 0 {
         return Err(fail(
             "OpenSSH accepted the unknown host: the trial proves nothing",
         ));
@@ -514,7 +527,8 @@ fn test_prints_the_target(st: &Stack) -> TestResult {
             .arg(st.dir.join("sshd/ssh_host_ed25519_key.pub")),
         CALL_TIMEOUT,
     )?;
-    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout)
+    let fingerprint = fingerprint
+        .stdout
         .split_whitespace()
         .nth(1)
         .unwrap_or("?")
@@ -548,7 +562,8 @@ fn identity_agent_and_identities_only(st: &Stack) -> TestResult {
         Duration::from_secs(30),
     )?;
     agent.expect_code(0)?;
-    let pid: i32 = String::from_utf8_lossy(&agent.stdout)
+    let pid: i32 = agent
+        .stdout
         .split("SSH_AGENT_PID=")
         .nth(1)
         .and_then(|rest| rest.split(';').next())
@@ -584,7 +599,7 @@ fn identity_agent_and_identities_only(st: &Stack) -> TestResult {
         let seg = st.list("WAL_SEGMENTS")[4].clone();
         let out = run(&mut ours_f(st, &config, "only", &seg, &work), CALL_TIMEOUT)?;
         expect_refused(&out, 2, &["Permission denied"])?;
-        if openssh(&config, "only")?.code == Some(0) {
+        if openssh(&config, "only")?.code == 0 {
             return Err(fail(
                 "OpenSSH logged in with IdentitiesOnly: the trial proves nothing",
             ));
@@ -598,44 +613,48 @@ fn identity_agent_and_identities_only(st: &Stack) -> TestResult {
     result
 }
 
-/// A named trial.
-type Named = (&'static str, fn(&Stack) -> TestResult);
+fn host_known_only_by_ecdsa(st: &Stack) -> TestResult {
+    known_only_by(st, "ecdsa")
+}
 
-pub(super) fn trials() -> Vec<Named> {
+fn host_known_only_by_rsa(st: &Stack) -> TestResult {
+    known_only_by(st, "rsa")
+}
+
+pub fn trials() -> Vec<Named> {
     vec![
-        (
+        Named::new(
             "ssh_config::proxy_jump_to_a_host_only_the_jump_reaches",
             proxy_jump,
         ),
-        ("ssh_config::proxy_jump_chain_of_two", proxy_jump_chain),
-        ("ssh_config::proxy_command_ssh_w", proxy_command),
-        ("ssh_config::host_known_only_by_ecdsa", |st| {
-            known_only_by(st, "ecdsa")
-        }),
-        ("ssh_config::host_known_only_by_rsa", |st| {
-            known_only_by(st, "rsa")
-        }),
-        (
+        Named::new("ssh_config::proxy_jump_chain_of_two", proxy_jump_chain),
+        Named::new("ssh_config::proxy_command_ssh_w", proxy_command),
+        Named::new(
+            "ssh_config::host_known_only_by_ecdsa",
+            host_known_only_by_ecdsa,
+        ),
+        Named::new("ssh_config::host_known_only_by_rsa", host_known_only_by_rsa),
+        Named::new(
             "ssh_config::host_certificate_trusted_then_expired",
             host_certificate,
         ),
-        (
+        Named::new(
             "ssh_config::user_certificate_from_certificatefile",
             user_certificate,
         ),
-        (
+        Named::new(
             "ssh_config::match_block_does_not_weaken_host_keys",
             match_block_does_not_weaken_host_keys,
         ),
-        (
+        Named::new(
             "ssh_config::refused_directive_runs_nothing",
             refused_directive_runs_nothing,
         ),
-        (
+        Named::new(
             "ssh_config::test_prints_the_resolved_target",
             test_prints_the_target,
         ),
-        (
+        Named::new(
             "ssh_config::identity_agent_and_identities_only",
             identity_agent_and_identities_only,
         ),

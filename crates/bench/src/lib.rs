@@ -106,6 +106,15 @@ fn connection_args(args: &BenchArgs, through: Option<(u16, &Path)>) -> Vec<Strin
     out
 }
 
+/// The value after `flag` in ours' connection flags.
+fn flag_value<'a>(flags: &'a [String], flag: &str) -> Option<&'a str> {
+    flags
+        .iter()
+        .position(|f| f == flag)
+        .and_then(|i| flags.get(i + 1))
+        .map(String::as_str)
+}
+
 fn bits_per_second(args: &BenchArgs) -> Result<Option<u64>, String> {
     match args.bandwidth {
         Some(mbit) if mbit.is_finite() && mbit > 0.0 => Ok(Some((mbit * 1e6) as u64)),
@@ -350,13 +359,18 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
             bin: bin.clone(),
             args: ours_args,
         };
-        let compare = args.compare.as_ref().map(|t| {
-            Program::Template(runner::expand_endpoint(
-                t,
-                &link.connect_host,
-                link.connect_port,
-            ))
-        });
+        let compare = match &args.compare {
+            Some(template) => Some(Program::Template(runner::expand_endpoint(
+                template,
+                &runner::Endpoint {
+                    host: &link.connect_host,
+                    port: link.connect_port,
+                    identity: flag_value(&link.connection_args, "-i"),
+                    known_hosts: flag_value(&link.connection_args, "--known-hosts"),
+                },
+            )?)),
+            None => None,
+        };
         for &parallel in &args.parallel {
             for keep_compression in on(&args.keep_compression) {
                 let setting = Setting {

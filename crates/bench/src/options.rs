@@ -70,7 +70,8 @@ pub struct BenchArgs {
     /// %s barman angus %f %p'. Placeholders: %f WAL name, %p destination,
     /// %s a fresh spool directory, %j the -p value, %k --keep-compression or
     /// nothing, %H %P the host and port to connect to (the relay's under
-    /// --rtt/--bandwidth)
+    /// --rtt/--bandwidth), %i %K the identity and known_hosts files ours
+    /// uses there (for an OpenSSH client: fixtures/bench/bin/ssh)
     #[arg(long, value_name = "TEMPLATE")]
     pub compare: Option<String>,
 

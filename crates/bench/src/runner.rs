@@ -171,15 +171,45 @@ pub fn expand_template(
     })
 }
 
+/// Where the compared command connects, and with what: the same as ours.
+pub struct Endpoint<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    /// The identity file ours is given (`-i`), if any.
+    pub identity: Option<&'a str>,
+    /// The known_hosts file ours is given (the relay's under `--rtt`).
+    pub known_hosts: Option<&'a str>,
+}
+
 /// Substitutes `%H` and `%P`, where the compared command connects (the
-/// relay's address under `--rtt`/`--bandwidth`); the other placeholders are
-/// left for [`expand_template`], call by call.
-pub fn expand_endpoint(template: &str, host: &str, port: u16) -> String {
-    substitute(template, |x| match x {
-        'H' => Some(shell_quote(host)),
-        'P' => Some(port.to_string()),
+/// relay's address under `--rtt`/`--bandwidth`), and `%i` and `%K`, the
+/// identity and known_hosts files ours uses there (so that an OpenSSH
+/// client can reach the embedded Barman too); the other placeholders are
+/// left for [`expand_template`], call by call. `%i` or `%K` where ours has
+/// none is an error, not an empty word.
+pub fn expand_endpoint(template: &str, at: &Endpoint<'_>) -> Result<String, String> {
+    let missing = std::cell::Cell::new(None);
+    let expanded = substitute(template, |x| match x {
+        'H' => Some(shell_quote(at.host)),
+        'P' => Some(at.port.to_string()),
+        'i' | 'K' => {
+            let file = if x == 'i' {
+                at.identity
+            } else {
+                at.known_hosts
+            };
+            if file.is_none() {
+                missing.set(Some(x));
+            }
+            Some(shell_quote(file.unwrap_or_default()))
+        }
         _ => None,
-    })
+    });
+    match missing.get() {
+        Some('i') => Err("--compare uses %i, but ours is given no identity file (-i)".into()),
+        Some(_) => Err("--compare uses %K, but ours is given no --known-hosts".into()),
+        None => Ok(expanded),
+    }
 }
 
 /// Runs one process and waits for it with `wait4`, which gives its CPU
@@ -442,7 +472,22 @@ mod tests {
 
     #[test]
     fn the_endpoint_is_substituted_first_and_the_rest_left_for_each_call() {
-        let s = expand_endpoint("ssh-wrap --port %P %H s %f %p 100%%", "127.0.0.1", 7000);
-        assert_eq!(s, "ssh-wrap --port 7000 '127.0.0.1' s %f %p 100%%");
+        let at = Endpoint {
+            host: "127.0.0.1",
+            port: 7000,
+            identity: Some("/k/id"),
+            known_hosts: Some("/k/known hosts"),
+        };
+        let s = expand_endpoint("ID=%i KH=%K ssh-wrap --port %P %H s %f %p 100%%", &at).unwrap();
+        assert_eq!(
+            s,
+            "ID='/k/id' KH='/k/known hosts' ssh-wrap --port 7000 '127.0.0.1' s %f %p 100%%"
+        );
+        let bare = Endpoint {
+            identity: None,
+            ..at
+        };
+        assert!(expand_endpoint("x %i", &bare).unwrap_err().contains("%i"));
+        assert_eq!(expand_endpoint("x %P", &bare).unwrap(), "x 7000");
     }
 }

@@ -13,8 +13,18 @@
 //! `--async-idle` seconds without a request or a hit, when its spool
 //! disappears, or soon after a caller of another identity asked for the
 //! spool (see [`crate::owner`]): it serves one caller identity only.
+//!
+//! This module does the I/O (the spool, the session, the jobs); what the
+//! worker knows lives in types that take the time as an argument: `book`
+//! keeps the requests (`requests`) and the segment table (`segments`) in
+//! agreement, `head` follows the archive's head and PostgreSQL's pace.
 
-use std::collections::{HashMap, HashSet};
+mod book;
+mod head;
+mod requests;
+mod segments;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,37 +42,13 @@ use crate::spool::{self, Spool};
 use crate::ssh::{SessionStats, SshTarget};
 use crate::wal::WalName;
 
+use book::Book;
+use head::{follows, window_starts, Head, Pace};
+use segments::Miss;
+
 /// How often the worker looks at the spool for requests and hits. A
 /// request waits at most this long before the worker sees it.
 const TICK: Duration = Duration::from_millis(5);
-
-/// At the archive's head, how often to ask Barman for new segments (each
-/// `get-wal --peek` is a Python start-up on the Barman host).
-const HEAD_POLL: Duration = Duration::from_secs(2);
-
-/// A prefetch that failed is not tried again for this long, unless a call
-/// asks for that very segment.
-const PREFETCH_BACKOFF: Duration = Duration::from_secs(5);
-
-/// How long a caller may take to pick up a delivered segment and withdraw
-/// its request before the worker concludes another caller took it.
-const RACE_GRACE: Duration = Duration::from_millis(500);
-
-/// How long Barman's "not found" for a segment answers a new request for
-/// it without asking again, counted from when that get-wal started.
-/// PostgreSQL asks for the segment after the archive's end twice in a row
-/// when a recovery ends; a second Barman start-up would tell it nothing
-/// new. A standby polling the head asks every few seconds, and each of
-/// those gets a fresh answer.
-const MISS_REUSE: Duration = Duration::from_secs(1);
-
-/// What a probe past the archive's head is expected to take (a Barman
-/// start-up and its "not found") until one has been measured.
-const PROBE_COST_GUESS: Duration = Duration::from_millis(500);
-
-/// How long a probe past the head is remembered (so not made again); the
-/// head polls go on meanwhile.
-const PROBE_MEMORY: Duration = Duration::from_secs(60);
 
 /// After a failed connection attempt, the next one waits this long.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -109,52 +95,22 @@ struct Worker<'a> {
     fetcher: Option<Arc<Fetcher>>,
     next_connect: Instant,
     jobs: JoinSet<Done>,
-    in_flight: HashSet<WalName>,
-    peeking: bool,
     /// Where PostgreSQL is: the segment most recently asked for or taken.
     cursor: Option<WalName>,
-    /// Segments Barman listed after the last peek's start, in WAL order,
-    /// and whether that listing reached the end of the archive.
-    listing: Vec<WalName>,
-    peek_from: Option<WalName>,
-    at_head: bool,
-    last_peek: Option<Instant>,
+    /// The archive's head as Barman last listed it, and the probes past it.
+    head: Head,
     /// The size of the segments delivered so far (PostgreSQL's
     /// `wal_segment_size`), to name the one after the archive's last.
     segment_size: Option<u64>,
-    /// How fast PostgreSQL moves from one segment to the next (a moving
-    /// average), and when it last did.
-    pace: Option<Duration>,
-    cursor_moved: Option<Instant>,
-    /// How long Barman took to say "not found" last time: what a probe
-    /// past the head costs.
-    probe_cost: Duration,
-    /// Probes past the head, per segment: whether the last one began
-    /// before PostgreSQL reached the archive's last segment, and when.
-    probes: HashMap<WalName, (bool, Instant)>,
+    pace: Pace,
     /// The archive's last segment, fetched again after PostgreSQL took it:
     /// an archive recovery that ends there reads it once more (to start its
     /// new timeline), and finds it in the spool instead of waiting for
     /// Barman. A standby never ends that way: it would be a second fetch
     /// of every segment at the head.
     reread: Option<WalName>,
-    /// Segments to fetch once, outside the window: the re-read copy, and
-    /// a recovery's first segment before PostgreSQL asks for it.
-    fetch_once: Vec<WalName>,
-    /// Segments this worker put in the spool and has not seen taken yet.
-    delivered: HashSet<WalName>,
-    failed: HashMap<WalName, Instant>,
-    /// Barman's latest "not found" per segment: when that get-wal started,
-    /// and what it said.
-    missing: HashMap<WalName, (Instant, String)>,
-    /// Requests waiting for a segment, by token.
-    pending: HashMap<String, WalName>,
-    /// Requests answered whose files the caller has not yet withdrawn.
-    settled: HashSet<String>,
-    /// Requests whose segment was delivered, and when: the caller takes
-    /// it and withdraws the request within milliseconds; one still there
-    /// later with its segment gone lost a race to another caller.
-    delivered_for: HashMap<String, (WalName, Instant)>,
+    /// The requests and the segments the worker deals with.
+    book: Book,
     last_activity: Instant,
     served: u64,
     /// The caller identity this worker serves.
@@ -235,26 +191,12 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         fetcher: None,
         next_connect: Instant::now(),
         jobs: JoinSet::new(),
-        in_flight: HashSet::new(),
-        peeking: false,
         cursor: None,
-        listing: Vec::new(),
-        peek_from: None,
-        at_head: false,
-        last_peek: None,
+        head: Head::default(),
         segment_size: None,
-        pace: None,
-        cursor_moved: None,
-        probe_cost: PROBE_COST_GUESS,
-        probes: HashMap::new(),
+        pace: Pace::default(),
         reread: None,
-        fetch_once: Vec::new(),
-        delivered: HashSet::new(),
-        failed: HashMap::new(),
-        missing: HashMap::new(),
-        pending: HashMap::new(),
-        settled: HashSet::new(),
-        delivered_for: HashMap::new(),
+        book: Book::default(),
         last_activity: Instant::now(),
         served: 0,
         owner: me,
@@ -270,7 +212,7 @@ pub async fn run(args: &RestoreArgs) -> i32 {
         .and_then(|name| WalName::parse(name).ok())
         .filter(WalName::is_segment)
     {
-        worker.fetch_once.push(first);
+        worker.book.want_once(&first);
     }
     let why = worker.serve().await;
     if let Some(fetcher) = worker.fetcher.take() {
@@ -316,16 +258,14 @@ impl Worker<'_> {
             // leave just as its callers come back for the next segment.
             // (Prefetches and polls at the head do not count: a worker
             // nobody asks must still leave.)
-            if !self.pending.is_empty() {
+            let waiting = self.book.any_waiting();
+            if waiting {
                 self.last_activity = Instant::now();
             }
-            if self.pending.is_empty()
-                && self.jobs.is_empty()
-                && self.last_activity.elapsed() >= self.idle
-            {
+            if !waiting && self.jobs.is_empty() && self.last_activity.elapsed() >= self.idle {
                 return format!("no request for {} s", self.idle.as_secs());
             }
-            if self.pending.is_empty()
+            if !waiting
                 && self.last_activity.elapsed() >= YIELD_AFTER
                 && owner::wanted_by_another(&self.spool, &self.owner)
             {
@@ -335,35 +275,19 @@ impl Worker<'_> {
     }
 
     fn has_work(&self) -> bool {
-        !self.pending.is_empty() || self.cursor.is_some() || !self.fetch_once.is_empty()
+        self.book.any_waiting() || self.cursor.is_some() || self.book.any_once()
     }
 
     /// Picks up new requests; the newest one moves the cursor.
     fn read_requests(&mut self) {
-        self.missing
-            .retain(|_, (started, _)| started.elapsed() < MISS_REUSE);
-        self.probes.retain(|_, (_, at)| at.elapsed() < PROBE_MEMORY);
+        let now = Instant::now();
+        self.head.forget_old_probes(now);
         let requests = handoff::pending_requests(&self.spool);
-        let seen: HashSet<&str> = requests.iter().map(|r| r.token.as_str()).collect();
-        self.settled.retain(|t| seen.contains(t.as_str()));
-        self.pending.retain(|t, _| seen.contains(t.as_str()));
-        self.delivered_for.retain(|t, _| seen.contains(t.as_str()));
-        let lost: Vec<String> = self
-            .delivered_for
-            .iter()
-            .filter(|(_, (wal, at))| at.elapsed() > RACE_GRACE && !self.spool.contains(wal))
-            .map(|(t, _)| t.clone())
-            .collect();
-        for token in lost {
-            if let Some((wal, _)) = self.delivered_for.remove(&token) {
-                self.pending.insert(token, wal);
-            }
-        }
+        let present: HashSet<&str> = requests.iter().map(|r| r.token.as_str()).collect();
+        let spool = &self.spool;
+        self.book.tidy(&present, now, |wal| spool.contains(wal));
         for Request { token, wal, pid } in requests {
-            if self.settled.contains(&token)
-                || self.pending.contains_key(&token)
-                || self.delivered_for.contains_key(&token)
-            {
+            if self.book.knows(&token) {
                 continue;
             }
             if pid > 0 && !spool::process_alive(pid) {
@@ -373,12 +297,8 @@ impl Worker<'_> {
             self.last_activity = Instant::now();
             tracing::debug!("request {token}: {wal}");
             self.move_cursor(&wal);
-            self.failed.remove(&wal);
-            if self.spool.contains(&wal) {
-                self.delivered_for.insert(token, (wal, Instant::now()));
-            } else {
-                self.pending.insert(token, wal);
-            }
+            let in_spool = self.spool.contains(&wal);
+            self.book.ask(token, wal, in_spool, Instant::now());
         }
     }
 
@@ -386,18 +306,8 @@ impl Worker<'_> {
         if self.cursor.as_ref() == Some(wal) {
             return;
         }
-        if let Some(old) = &self.cursor {
-            if follows(wal, old) {
-                let now = Instant::now();
-                if let Some(at) = self.cursor_moved {
-                    let step = now.duration_since(at);
-                    self.pace = Some(match self.pace {
-                        Some(pace) => (pace * 7 + step * 3) / 10,
-                        None => step,
-                    });
-                }
-                self.cursor_moved = Some(now);
-            }
+        if self.cursor.as_ref().is_some_and(|old| follows(wal, old)) {
+            self.pace.moved(Instant::now());
         }
         // The re-read copy stays while PostgreSQL is on the segment after
         // it (asking for the one past the archive's end), no longer.
@@ -410,32 +320,27 @@ impl Worker<'_> {
             self.reread = None;
         }
         self.spool.purge_stale(wal, keep.as_ref());
-        self.delivered.retain(|d| self.spool.contains(d));
+        let spool = &self.spool;
+        self.book.gone(|d| spool.contains(d));
         self.cursor = Some(wal.clone());
     }
 
     /// A delivered segment that left the spool was taken by a call:
     /// PostgreSQL has moved on to it.
     fn notice_taken(&mut self) {
-        let taken: Vec<WalName> = self
-            .delivered
-            .iter()
-            .filter(|w| !self.spool.contains(w))
-            .cloned()
-            .collect();
+        let spool = &self.spool;
+        let taken = self.book.gone(|w| spool.contains(w));
         for wal in taken {
-            self.delivered.remove(&wal);
             self.last_activity = Instant::now();
             if self.cursor.as_ref().is_none_or(|c| follows(&wal, c)) {
                 self.move_cursor(&wal);
             }
-            if self.at_head
-                && self.listing.last() == Some(&wal)
+            if self.head.is_last(&wal)
                 && self.reread.as_ref() != Some(&wal)
                 && self.recovery_ends_at_head()
             {
                 self.reread = Some(wal.clone());
-                self.fetch_once.push(wal);
+                self.book.want_once(&wal);
             }
         }
     }
@@ -483,9 +388,8 @@ impl Worker<'_> {
                 tracing::warn!("cannot connect: {failure}");
                 self.next_connect = Instant::now() + RECONNECT_PAUSE;
                 // The callers fetch on their own rather than wait for us.
-                let waiting: Vec<String> = self.pending.keys().cloned().collect();
-                for token in waiting {
-                    self.settle(&token, Answer::Failed(failure.to_string()));
+                for token in self.book.fail_waiting() {
+                    self.answer(&token, Answer::Failed(failure.to_string()));
                 }
             }
         }
@@ -497,65 +401,43 @@ impl Worker<'_> {
         let Some(fetcher) = self.fetcher.clone() else {
             return;
         };
-        let requested: Vec<WalName> = self.pending.values().cloned().collect();
-        for wal in requested {
-            if let Some(message) = self.fresh_miss(&wal) {
-                for token in self.waiting_for(&wal) {
-                    self.settle(&token, Answer::Missing(message.clone()));
-                }
-            } else if !self.in_flight.contains(&wal) && !self.spool.contains(&wal) {
-                self.start_transfer(&fetcher, wal);
-            }
+        let now = Instant::now();
+        let spool = &self.spool;
+        let due = self.book.due(now, |wal| spool.contains(wal));
+        for (token, message) in due.missing {
+            self.answer(&token, Answer::Missing(message));
         }
-        for wal in std::mem::take(&mut self.fetch_once) {
-            if !self.in_flight.contains(&wal) && !self.spool.contains(&wal) {
-                self.start_transfer(&fetcher, wal);
-            }
+        for wal in due.starts {
+            self.start_transfer(&fetcher, wal);
         }
         let Some(cursor) = self.cursor.clone() else {
             return;
         };
-        let ahead: Vec<WalName> = self
-            .listing
-            .iter()
-            .filter(|n| follows(n, &cursor))
-            .take(self.window)
-            .cloned()
-            .collect();
-        // A waiting PostgreSQL comes first: while a call waits, only what it
-        // asked for and the segment after it run, not the whole window
-        // competing with them for the link and the CPUs.
-        let starts = if self.pending.is_empty() {
-            self.window
-        } else {
-            1
-        };
+        let ahead = self.head.ahead(&cursor, self.window);
+        let starts = window_starts(self.window, self.book.any_waiting());
         let limit = fetcher.stream_limit();
         for wal in ahead.iter().take(starts) {
-            let backing_off = self
-                .failed
-                .get(wal)
-                .is_some_and(|t| t.elapsed() < PREFETCH_BACKOFF);
-            let room = self.in_flight.len() < limit;
-            if room && !self.in_flight.contains(wal) && !self.spool.contains(wal) && !backing_off {
+            let room = self.book.in_flight_count() < limit;
+            if room
+                && !self.book.in_flight(wal)
+                && !self.spool.contains(wal)
+                && !self.book.backing_off(wal, now)
+            {
                 self.start_transfer(&fetcher, wal.clone());
             }
         }
-        if self.at_head {
-            if let Some(left) = self.left_before_head(&cursor) {
-                self.probe_past_head(&fetcher, left);
-            }
+        let (book, spool) = (&self.book, &self.spool);
+        let busy = |wal: &WalName| book.in_flight(wal) || spool.contains(wal);
+        if let Some(next) = self
+            .head
+            .probe(&cursor, self.segment_size, &self.pace, busy, now)
+        {
+            self.start_transfer(&fetcher, next);
         }
-        // A cursor outside the last listing (a jump, a new timeline) needs
-        // a new one now; at the archive's head, only every HEAD_POLL.
-        let covered = self.listing_covers(&cursor);
-        let due = match self.last_peek {
-            Some(at) if covered && self.at_head => at.elapsed() >= HEAD_POLL,
-            _ => true,
-        };
-        if ahead.len() < self.window && !self.peeking && due {
-            self.peeking = true;
-            self.last_peek = Some(Instant::now());
+        if self
+            .head
+            .start_listing(&cursor, self.window, ahead.len(), now)
+        {
             let count = restore::peek_size(self.window);
             self.jobs.spawn(async move {
                 let names = fetcher.peek(&cursor, count).await;
@@ -564,54 +446,10 @@ impl Worker<'_> {
         }
     }
 
-    /// How many listed segments PostgreSQL has left after `cursor` before
-    /// the archive's end, if the listing covers where it is.
-    fn left_before_head(&self, cursor: &WalName) -> Option<usize> {
-        self.listing_covers(cursor)
-            .then(|| self.listing.iter().filter(|n| follows(n, cursor)).count())
-    }
-
-    /// Whether the last listing says where `cursor` is: it lists it, or
-    /// was asked from it (an empty answer there is still an answer).
-    fn listing_covers(&self, cursor: &WalName) -> bool {
-        self.peek_from.as_ref() == Some(cursor) || self.listing.contains(cursor)
-    }
-
-    /// PostgreSQL, `left` segments before the archive's end, will ask for
-    /// the one past it as soon as it has replayed them. Asking Barman first
-    /// has the answer ready: the segment itself if it just arrived, else a
-    /// "not found" that the request, coming within [`MISS_REUSE`], reuses.
-    /// The probe starts when PostgreSQL's pace says the remaining segments
-    /// take less time than a probe, and on the last segment at the latest.
-    /// One probe per segment, and a second on the last segment when the
-    /// early one's answer went stale on the way.
-    fn probe_past_head(&mut self, fetcher: &Arc<Fetcher>, left: usize) {
-        let Some(last) = self.listing.last() else {
-            return;
-        };
-        let Some(next) = self.segment_size.and_then(|size| last.next_segment(size)) else {
-            return;
-        };
-        if self.in_flight.contains(&next) || self.spool.contains(&next) {
-            return;
-        }
-        let on_last = left == 0;
-        let near = on_last
-            || self
-                .pace
-                .is_some_and(|pace| pace * left as u32 <= self.probe_cost);
-        let due = match self.probes.get(&next) {
-            None => near,
-            Some((early, at)) => *early && on_last && at.elapsed() >= MISS_REUSE,
-        };
-        if due {
-            self.probes.insert(next.clone(), (!on_last, Instant::now()));
-            self.start_transfer(fetcher, next);
-        }
-    }
-
     fn start_transfer(&mut self, fetcher: &Arc<Fetcher>, wal: WalName) {
-        self.in_flight.insert(wal.clone());
+        if !self.book.start(&wal) {
+            return;
+        }
         let fetcher = fetcher.clone();
         let dest = self.spool.path_of(&wal);
         self.jobs.spawn(async move {
@@ -623,62 +461,46 @@ impl Worker<'_> {
 
     fn finish(&mut self, done: Done) {
         match done {
-            Done::Transfer(wal, started, result) => {
-                self.in_flight.remove(&wal);
-                self.missing.remove(&wal);
-                match result {
-                    Ok(delivered) => {
-                        self.served += 1;
-                        self.segment_size = Some(delivered.bytes_out);
-                        tracing::debug!("{wal} ready in {} ms", started.elapsed().as_millis());
-                        // Its callers take it from the spool; until they withdraw
-                        // their requests, those must not start it again.
-                        for token in self.waiting_for(&wal) {
-                            self.pending.remove(&token);
-                            self.delivered_for
-                                .insert(token, (wal.clone(), Instant::now()));
+            Done::Transfer(wal, started, result) => match result {
+                Ok(delivered) => {
+                    self.served += 1;
+                    self.segment_size = Some(delivered.bytes_out);
+                    tracing::debug!("{wal} ready in {} ms", started.elapsed().as_millis());
+                    // Its callers take it from the spool; until they withdraw
+                    // their requests, those must not start it again.
+                    self.book.delivered(&wal, Instant::now());
+                }
+                Err(failure) => {
+                    let miss = match &failure {
+                        Failure::NotFound(message) => {
+                            self.head.missed(started.elapsed());
+                            Some(Miss {
+                                started,
+                                message: message.clone(),
+                            })
                         }
-                        self.delivered.insert(wal);
-                    }
-                    Err(failure) => {
-                        if let Failure::NotFound(message) = &failure {
-                            self.missing.insert(wal.clone(), (started, message.clone()));
-                            self.probe_cost = started.elapsed();
-                        }
-                        self.transfer_failed(wal, failure)
+                        _ => None,
+                    };
+                    self.transfer_failed(wal, failure, miss)
+                }
+            },
+            Done::Peek(from, count, result) => match result {
+                Ok(names) => self.head.listed(from, count, names),
+                Err(failure) => {
+                    tracing::warn!("peek from {from} failed: {failure}");
+                    self.head.listing_failed();
+                    if failure.is_transient() {
+                        self.drop_session();
                     }
                 }
-            }
-            Done::Peek(from, count, result) => {
-                self.peeking = false;
-                match result {
-                    Ok(names) => {
-                        self.at_head = names.len() < count;
-                        let mut listing: Vec<WalName> = names
-                            .into_iter()
-                            .filter(|n| n.is_segment() && follows(n, &from))
-                            .collect();
-                        listing.sort_by_key(|n| n.position());
-                        self.listing = listing;
-                        self.peek_from = Some(from);
-                    }
-                    Err(failure) => {
-                        tracing::warn!("peek from {from} failed: {failure}");
-                        self.at_head = true;
-                        if failure.is_transient() {
-                            self.drop_session();
-                        }
-                    }
-                }
-            }
+            },
         }
     }
 
-    fn transfer_failed(&mut self, wal: WalName, failure: Failure) {
-        let waiting = self.waiting_for(&wal);
+    fn transfer_failed(&mut self, wal: WalName, failure: Failure, miss: Option<Miss>) {
         // A prefetch nobody waits for is worth a warning unless it is a
         // "not found": past the archive's head, that is the expected answer.
-        let unexpected = waiting.is_empty() && !matches!(failure, Failure::NotFound(_));
+        let unexpected = !self.book.is_waited(&wal) && !matches!(failure, Failure::NotFound(_));
         if unexpected {
             tracing::warn!("{wal}: {failure}");
         } else {
@@ -688,30 +510,12 @@ impl Worker<'_> {
             Failure::NotFound(message) => Answer::Missing(message.clone()),
             other => Answer::Failed(other.to_string()),
         };
-        for token in waiting {
-            self.settle(&token, answer.clone());
+        for token in self.book.failed(&wal, Instant::now(), miss) {
+            self.answer(&token, answer.clone());
         }
         if failure.is_transient() {
             self.drop_session();
         }
-        self.failed.insert(wal, Instant::now());
-    }
-
-    /// Barman's "not found" for `wal`, if recent enough to answer with.
-    fn fresh_miss(&self, wal: &WalName) -> Option<String> {
-        self.missing
-            .get(wal)
-            .filter(|(started, _)| started.elapsed() < MISS_REUSE)
-            .map(|(_, message)| message.clone())
-    }
-
-    /// The pending requests for `wal`.
-    fn waiting_for(&self, wal: &WalName) -> Vec<String> {
-        self.pending
-            .iter()
-            .filter(|(_, w)| *w == wal)
-            .map(|(t, _)| t.clone())
-            .collect()
     }
 
     fn drop_session(&mut self) {
@@ -721,9 +525,8 @@ impl Worker<'_> {
         }
     }
 
-    fn settle(&mut self, token: &str, answer: Answer) {
-        self.pending.remove(token);
-        self.settled.insert(token.to_string());
+    /// Writes the answer file of a request the book has marked answered.
+    fn answer(&self, token: &str, answer: Answer) {
         if let Err(e) = handoff::answer(&self.spool, token, &answer) {
             tracing::warn!("cannot answer request {token}: {e}");
         }
@@ -748,10 +551,4 @@ fn write_stats(stats: &SessionStats) {
         restore::peak_rss_kib()
     );
     let _ = std::fs::write(path, line);
-}
-
-/// Whether `wal` comes after `cursor` on its timeline: what the window
-/// may hold once PostgreSQL is at `cursor`.
-fn follows(wal: &WalName, cursor: &WalName) -> bool {
-    wal.timeline() == cursor.timeline() && wal.position() > cursor.position()
 }
