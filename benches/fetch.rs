@@ -82,7 +82,6 @@ fn fetch(c: &mut Criterion) {
                             connect_timeout: Some(Duration::from_secs(10)),
                             io_timeout: Duration::from_secs(60),
                         },
-                        false,
                     ));
                     let dir = tempfile::Builder::new()
                         .prefix("fetch-bench")

@@ -44,7 +44,7 @@ Only with \-\-on\-failure: recovery deliberately stopped rather than ended early
 Settings (TOML), keys named like the long options (\fBparallel = 8\fR, \fBasync = true\fR, \fBspool\-dir = "/var/tmp/walrestore"\fR); \-\-config\-file names another, \fBnone\fR reads none. Under the environment and the command line. An unknown key, a bad value or a file writable by group or others is an error naming the file and line (status 2), before any connection. \-\-show\-config prints the effective settings and where each comes from.
 .TP
 \fI/var/tmp/walrestore\fR
-The default spool directory (\-\-spool\-dir): created 0700; refused if it is a symlink, owned by another user or writable by others. \fI.bwr\-owner\fR records whose spool it is; \fI.bwr\-worker.log\fR is the \-\-async worker's log.
+The default spool directory (\-\-spool\-dir): created 0700; refused if it is a symlink, owned by another user or writable by others. \fI.bwr\-owner\fR records whose spool it is; \fI.bwr\-worker.log\fR is the \-\-async worker's log (each line with the time and pid), rotated to \fI.bwr\-worker.log.1\fR at 1 MiB.
 .TP
 \fI~/.ssh/config\fR, \fI/etc/ssh/ssh_config\fR
 Resolved by OpenSSH itself (ssh \-G); a directive that is not honoured stops the call. \-F replaces both.
@@ -54,6 +54,9 @@ Host keys, as ssh_config's UserKnownHostsFile and GlobalKnownHostsFile name them
 .TP
 \fIglobal/pg_control\fR (in the working directory)
 When restore_command runs in a data directory, every delivery is checked against its system identifier and WAL segment size.
+.TP
+\fI.bwr\-head\-notice\fR (in the working directory)
+In standby mode (\fIstandby.signal\fR), its modification time is when the standby last said, as INFO, that it waits at the archive's head: once a minute at most, whatever the number of calls. An empty file; removing it is harmless.
 .SH ENVIRONMENT
 .TP
 \fBBARMAN_WAL_RESTORE_OPT_\fR\fIOPTION\fR
@@ -67,6 +70,9 @@ Where \fBssh\fR is found, to resolve ssh_config (ssh \-G).
 .TP
 \fBBARMAN_WAL_RESTORE_STATS\fR, \fBBARMAN_WAL_RESTORE_WORKER_STATS\fR
 For barman\-wal\-bench: files to which a call and the \-\-async worker append their connection counts and peak memory.
+.TP
+\fBBARMAN_WAL_RESTORE_TEST_HEAD_NOTICE_SECS\fR, \fBBARMAN_WAL_RESTORE_TEST_WORKER_LOG_BYTES\fR
+For tests only: the interval of the standby's notice at the archive's head (60 s), and the size at which the worker's log is rotated (1 MiB).
 .SH EXAMPLES
 In postgresql.conf of the standby (Barman host "barman", Barman server "angus"):
 .PP

@@ -8,6 +8,7 @@ use clap::{ArgGroup, Args, Parser};
 
 use crate::config::Compression;
 use crate::exit::FailurePolicy;
+use crate::logging::LogLevel;
 use crate::ssh::ConnectOptions;
 
 /// How to reach the Barman host: shared by `barman-wal-restore` and
@@ -78,7 +79,7 @@ pub const VERSION: &str = concat!(
 
 /// Options that exclude each other (clap groups): a layer of settings that
 /// turns one on overrides the others of lower layers.
-pub const EXCLUSIVE_GROUPS: [&str; 1] = ["compression"];
+pub const EXCLUSIVE_GROUPS: [&str; 2] = ["compression", "verbosity"];
 
 /// This script will be used as a 'restore_command' based on the get-wal
 /// feature of Barman. A ssh connection will be opened to the Barman host.
@@ -91,6 +92,7 @@ pub const EXCLUSIVE_GROUPS: [&str; 1] = ["compression"];
     // scripts rely on it.
     args_override_self = true,
     group(ArgGroup::new("compression").args(["gzip", "bzip2", "keep_compression", "no_keep_compression"])),
+    group(ArgGroup::new("verbosity").args(["verbose", "quiet", "log_level"])),
     after_help = "Exit status: 0 the file is at WAL_DEST; 1 Barman does not have it (or its copy \
                   is damaged); 2 connection, authentication or transport failure, or a usage \
                   error (as argparse); 3 local problem (WAL_DEST, spool, WAL or server name); \
@@ -197,9 +199,24 @@ pub struct RestoreArgs {
     #[arg(long = "no-verify")]
     pub no_verify: bool,
 
-    /// (ours) Say what happens on stderr
+    /// (ours) Say how each call gets its file: `--log-level debug`
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
+
+    /// (ours) Print errors only: `--log-level error`
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+
+    /// (ours) The least severe lines printed on stderr and in the
+    /// `--async` worker's log; `debug` adds the time and the pid to each
+    /// line [default: info]
+    #[arg(
+        long = "log-level",
+        value_enum,
+        value_name = "LEVEL",
+        ignore_case = true
+    )]
+    pub log_level: Option<LogLevel>,
 
     /// The host of the Barman server
     #[arg(value_name = "BARMAN_HOST")]
@@ -219,6 +236,18 @@ pub struct RestoreArgs {
 }
 
 impl RestoreArgs {
+    /// What is printed: `-q` and `-v` are shorthands for `--log-level
+    /// error` and `debug` (they exclude each other); `info` by default.
+    pub fn log_level(&self) -> LogLevel {
+        if self.quiet {
+            LogLevel::Error
+        } else if self.verbose {
+            LogLevel::Debug
+        } else {
+            self.log_level.unwrap_or(LogLevel::Info)
+        }
+    }
+
     /// What the user asked the server to send, and whether the choice of
     /// `--keep-compression` is ours (so a server that rejects it is
     /// forgiven).

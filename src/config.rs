@@ -15,13 +15,15 @@ use serde::{Deserialize, Serialize};
 use crate::cli::RestoreArgs;
 use crate::error::Error;
 use crate::exit::FailurePolicy;
+use crate::logging::LogLevel;
 use crate::ssh::ConnectOptions;
 
 /// Everything a call or a worker needs to know before it starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
-    /// `-v`: say what happens on stderr.
-    pub verbose: bool,
+    /// What is printed (`--log-level`, `-q`, `-v`); the worker logs at its
+    /// caller's level.
+    pub log_level: LogLevel,
     pub target: Target,
     pub server: Server,
     pub transfer: Transfer,
@@ -139,7 +141,7 @@ impl Config {
         let connect = args.connection.connect_options(&args.barman_host);
         let (compression, auto_keep) = args.transfer();
         Ok(Config {
-            verbose: args.verbose,
+            log_level: args.log_level(),
             target: Target {
                 host: connect.host,
                 user: connect.user,

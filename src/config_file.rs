@@ -93,6 +93,14 @@ struct Setting {
     origin: Origin,
 }
 
+impl Setting {
+    /// A flag turned on, or an option given a value (`log-level` beside
+    /// the `quiet` and `verbose` flags of its group).
+    fn is_set(&self) -> bool {
+        self.flag_on || !self.values.is_empty()
+    }
+}
+
 /// The effective command line, once resolved: the `--async` worker's
 /// label.
 static EFFECTIVE: OnceLock<Vec<OsString>> = OnceLock::new();
@@ -226,8 +234,8 @@ pub fn resolve(
         let rank = |id: &String| -> Option<u8> {
             match origins.get(id)? {
                 Origin::CommandLine => Some(3),
-                Origin::Environment(_) if chosen[id].as_ref()?.flag_on => Some(2),
-                Origin::File(..) if chosen[id].as_ref()?.flag_on => Some(1),
+                Origin::Environment(_) if chosen[id].as_ref()?.is_set() => Some(2),
+                Origin::File(..) if chosen[id].as_ref()?.is_set() => Some(1),
                 _ => None,
             }
         };

@@ -16,7 +16,8 @@
 //!   found" (the call exits 1 like a direct fetch would) or a failure (the
 //!   call fetches the file itself, so `--async` never turns a restore that
 //!   would have worked into a failure).
-//! - `.bwr-worker.log`: the worker's stderr, for the DBA.
+//! - `.bwr-worker.log`: the worker's stderr, for the DBA (and
+//!   `.bwr-worker.log.1`, the one before: see [`crate::logging`]).
 //!
 //! The worker itself gets its settings from the call that starts it, on
 //! its stdin (an [`Assignment`]).
@@ -39,10 +40,6 @@ use crate::wal::WalName;
 use crate::spool::names::{
     ANSWER_PREFIX, WANT_PREFIX, WORKER_LOCK as LOCK_FILE, WORKER_LOG as LOG_FILE,
 };
-
-/// The worker's log is cut when a new worker starts and it has grown past
-/// this: it is for reading the last incident, not an archive.
-const LOG_LIMIT: u64 = 1 << 20;
 
 /// How often a waiting call looks for its file. A stat of one name: cheap
 /// enough to keep the hand-over latency at a few milliseconds.
@@ -250,9 +247,8 @@ pub fn start_worker(spool: &Spool, config: &Config, from: Option<&WalName>) -> s
     };
     let text = toml::to_string(&assignment).map_err(std::io::Error::other)?;
     let log_path = spool.dir().join(LOG_FILE);
-    if fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_LIMIT) {
-        let _ = fs::remove_file(&log_path);
-    }
+    // The worker rotates its log as it writes; an old one is rotated here.
+    crate::logging::rotate_if_over(&log_path, crate::logging::worker_log_limit());
     let log = {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()

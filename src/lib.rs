@@ -34,6 +34,8 @@
 //! - [`exit`]: the only place that decides exit statuses, from error kinds.
 //! - [`shutdown`]: signals, and the temp files they must not leave behind.
 //! - [`stats`]: what a call or a worker cost, for `barman-wal-bench`.
+//! - [`logging`]: what is printed and how: levels, the one formatter, the
+//!   worker's bounded log, notices said at most once per interval.
 //!
 //! Two crates of the workspace sit beside this one and are not linked into
 //! `barman-wal-restore`: `crates/embedded-barman`, an in-process SSH server
@@ -49,6 +51,7 @@ pub mod decode;
 pub mod error;
 pub mod exit;
 pub mod handoff;
+pub mod logging;
 pub mod owner;
 pub mod pg_control;
 pub mod restore;

@@ -16,6 +16,7 @@ use crate::config::{Config, OnFailure, Request};
 use crate::error::{Error, ErrorKind};
 use crate::exit::{self, RecoveryMode};
 use crate::handoff::{self, Handed};
+use crate::logging;
 use crate::owner::{self, Claim, Claimed, Owner};
 use crate::pg_control::ClusterIdentity;
 use crate::spool::{self, Spool};
@@ -43,7 +44,9 @@ pub enum Outcome {
 }
 
 /// Runs the call and returns the exit status, printing one `ERROR:` line on
-/// failure (after `--sleep` for a failure that was not local).
+/// failure (after `--sleep` for a failure that was not local), but for
+/// Barman's "not found" where it is the normal state: see
+/// [`report_failure`].
 pub async fn run(config: &Config, request: &Request) -> i32 {
     let stats = Arc::new(SessionStats::default());
     let cluster = cluster_here();
@@ -52,14 +55,13 @@ pub async fn run(config: &Config, request: &Request) -> i32 {
     stats::write_call_stats(&stats);
     match result {
         Ok(outcome) => {
-            if config.verbose {
-                report(&outcome, &stats);
-                report_identity(cluster.as_ref(), &outcome);
-            }
+            report(&outcome, &stats);
+            report_identity(cluster.as_ref(), &outcome);
             exit::SUCCESS
         }
         Err(failure) => {
-            eprintln!("ERROR: {failure}");
+            let mode = RecoveryMode::detect(std::path::Path::new("."));
+            report_failure(&failure, mode, &request.wal_name);
             let sleep = config.on_failure.sleep;
             if !sleep.is_zero() && !failure.kind().is_local() {
                 tokio::time::sleep(sleep).await;
@@ -75,7 +77,7 @@ pub async fn run(config: &Config, request: &Request) -> i32 {
 pub fn refused(failure: Error, on_failure: &OnFailure, request: &Request) -> i32 {
     let _ = cluster_here();
     stats::write_call_stats(&SessionStats::default());
-    eprintln!("ERROR: {failure}");
+    tracing::error!("{failure}");
     status_of(&failure, on_failure, request)
 }
 
@@ -85,8 +87,8 @@ fn status_of(failure: &Error, on_failure: &OnFailure, request: &Request) -> i32 
     let mode = RecoveryMode::detect(std::path::Path::new("."));
     let code = on_failure.policy.exit_code(failure, mode);
     if code == exit::ABORT_RECOVERY {
-        eprintln!(
-            "ERROR: stopping recovery instead of ending it early without {}: fix the cause \
+        tracing::error!(
+            "stopping recovery instead of ending it early without {}: fix the cause \
              and start PostgreSQL again, recovery resumes where it stopped \
              (--on-failure=not-available would end recovery here instead)",
             request.wal_name.escape_debug()
@@ -95,6 +97,56 @@ fn status_of(failure: &Error, on_failure: &OnFailure, request: &Request) -> i32 
     code
 }
 
+/// Says why the call failed. Barman's "not found" is no error where it is
+/// the normal state: a standby waiting at the archive's head asks for the
+/// next segment every few seconds (`wal_retrieve_retry_interval`), and
+/// an ERROR on each ask floods PostgreSQL's log (Barman's issue #322). It
+/// says so as INFO at most once per [`logging::HEAD_NOTICE_INTERVAL`]
+/// across calls, remembered by the modification time of
+/// [`HEAD_NOTICE_STAMP`] in the data directory (where the call runs: the
+/// standby's own, and the only directory certain to exist that belongs to
+/// it alone, without a spool), and as DEBUG otherwise. An archive recovery
+/// ends where the archive does: that miss is INFO. A missing timeline
+/// history file is what PostgreSQL probes for routinely in either mode:
+/// DEBUG. Called by hand (neither mode), Barman's answer stays an ERROR.
+fn report_failure(failure: &Error, mode: RecoveryMode, wal: &str) {
+    if failure.kind() != ErrorKind::NotFound {
+        tracing::error!("{failure}");
+        return;
+    }
+    let message = failure.message();
+    let history = WalName::parse(wal).is_ok_and(|w| w.kind() == WalKind::History);
+    match mode {
+        RecoveryMode::Unknown => tracing::error!("{message}"),
+        _ if history => tracing::debug!("{message}"),
+        RecoveryMode::ArchiveRecovery => {
+            tracing::info!("{message}: the end of the archive, where this recovery ends")
+        }
+        RecoveryMode::Standby => {
+            let interval = logging::head_notice_interval();
+            let due = tracing::enabled!(tracing::Level::INFO)
+                && logging::notice_due(
+                    std::path::Path::new(HEAD_NOTICE_STAMP),
+                    interval,
+                    std::time::SystemTime::now(),
+                );
+            if due {
+                tracing::info!(
+                    "standby waiting at the archive's head for {}: {message} (said at most \
+                     every {} s)",
+                    wal.escape_debug(),
+                    interval.as_secs()
+                );
+            } else {
+                tracing::debug!("{message}");
+            }
+        }
+    }
+}
+
+/// See [`report_failure`]: relative to the data directory.
+pub const HEAD_NOTICE_STAMP: &str = ".bwr-head-notice";
+
 /// The cluster PostgreSQL runs this call for: restore_command runs in its
 /// data directory. A pg_control we cannot read is said, not fatal: the
 /// call then checks what it checks outside a data directory.
@@ -102,22 +154,23 @@ fn cluster_here() -> Option<ClusterIdentity> {
     match ClusterIdentity::of_data_dir(std::path::Path::new(".")) {
         Ok(cluster) => cluster,
         Err(why) => {
-            eprintln!("WARNING: {why}; delivering without checking the cluster's identity");
+            tracing::warn!("{why}; delivering without checking the cluster's identity");
             None
         }
     }
 }
 
-/// `-v`: whether the file was checked against the cluster.
+/// Whether the file was checked against the cluster (debug).
 fn report_identity(cluster: Option<&ClusterIdentity>, outcome: &Outcome) {
     match (cluster, outcome) {
         (_, Outcome::Tested) => {}
-        (Some(c), _) => eprintln!(
-            "INFO: checked against this cluster's pg_control (database system {}, {} byte segments)",
-            c.system_identifier, c.segment_size
+        (Some(c), _) => tracing::debug!(
+            "checked against this cluster's pg_control (database system {}, {} byte segments)",
+            c.system_identifier,
+            c.segment_size
         ),
-        (None, _) => eprintln!(
-            "INFO: no cluster identity checked: the working directory is not a data directory \
+        (None, _) => tracing::debug!(
+            "no cluster identity checked: the working directory is not a data directory \
              (no readable global/pg_control)"
         ),
     }
@@ -222,7 +275,7 @@ async fn restore_confirmed(
         ) {
             Ok(()) => return Ok(outcome),
             Err(why) if source == Source::Spool && local => {
-                eprintln!("WARNING: {why}: removed it; fetching it from Barman");
+                tracing::warn!("{why}: removed it; fetching it from Barman");
                 local = false;
             }
             Err(why) => return Err(Error::new(ErrorKind::ForeignCluster, why)),
@@ -230,17 +283,18 @@ async fn restore_confirmed(
     }
 }
 
+/// How the call got its file (debug).
 fn report(outcome: &Outcome, stats: &SessionStats) {
     let (connections, channels, refused) = stats.snapshot();
     match outcome {
-        Outcome::FromSpool => eprintln!("INFO: served from the spool, no connection"),
-        Outcome::FromWorker => eprintln!("INFO: delivered by the --async worker"),
+        Outcome::FromSpool => tracing::debug!("served from the spool, no connection"),
+        Outcome::FromWorker => tracing::debug!("delivered by the --async worker"),
         Outcome::Fetched {
             delivered,
             prefetched,
             prefetch_failed,
-        } => eprintln!(
-            "INFO: {} fetched ({} stored, {} -> {} bytes, {:.0} ms); {prefetched} prefetched, \
+        } => tracing::debug!(
+            "{} fetched ({} stored, {} -> {} bytes, {:.0} ms); {prefetched} prefetched, \
              {prefetch_failed} failed; {connections} connection(s), {channels} channel(s), {refused} refused",
             delivered.wal,
             delivered.format.name(),
@@ -303,15 +357,10 @@ async fn run_test(
     stats: &Arc<SessionStats>,
 ) -> Result<Outcome, Error> {
     let target = Arc::new(SshTarget::resolve(&config.connect_options())?);
-    let session = client::connect_with_retries(
-        target,
-        stats.clone(),
-        client::CONNECT_ATTEMPTS,
-        config.verbose,
-    )
-    .await?;
+    let session =
+        client::connect_with_retries(target, stats.clone(), client::CONNECT_ATTEMPTS).await?;
     // What we resolved and whom we reached, on stderr: stdout stays Barman's answer.
-    eprint!(
+    tracing::info!(
         "{}",
         session.target().describe(session.host_key_fingerprint())
     );
@@ -319,9 +368,7 @@ async fn run_test(
         let test = config.server.test(&request.wal_name);
         let exec = session.exec(&test).await.map_err(|e| match e {
             crate::ssh::OpenError::Failed(f) => f,
-            crate::ssh::OpenError::Refused => {
-                Error::connection("the server refused a channel")
-            }
+            crate::ssh::OpenError::Refused => Error::connection("the server refused a channel"),
         })?;
         output::read(exec, TEST_ANSWER_CAP, output::Beyond::Drop, None).await
     }
@@ -356,13 +403,10 @@ fn open_spool(config: &Config, me: &Owner) -> Result<Option<(Spool, Claim)>, Err
     match owner::claim(&spool, me, config.spool.own) {
         Ok(Claimed::Ours(claim)) => Ok(Some((spool, claim))),
         Ok(Claimed::Held(other)) => {
-            if config.verbose {
-                eprintln!(
-                    "WARNING: spool {} holds the files of another caller ({other}); \
-                     working without it",
-                    config.spool.dir.display()
-                );
-            }
+            tracing::debug!(
+                "spool {} holds the files of another caller ({other}); working without it",
+                config.spool.dir.display()
+            );
             Ok(None)
         }
         Err(e) if config.spool.own => Err(Error::io(
@@ -436,14 +480,12 @@ pub fn serve_from_spool(config: &Config, request: &Request) -> Option<i32> {
         config,
     ) {
         // The full path fetches it from Barman.
-        eprintln!("WARNING: {why}: removed it; fetching it from Barman");
+        tracing::warn!("{why}: removed it; fetching it from Barman");
         return None;
     }
     stats::write_call_stats(&SessionStats::default());
-    if config.verbose {
-        report(&Outcome::FromSpool, &SessionStats::default());
-        report_identity(cluster.as_ref(), &Outcome::FromSpool);
-    }
+    report(&Outcome::FromSpool, &SessionStats::default());
+    report_identity(cluster.as_ref(), &Outcome::FromSpool);
     Some(exit::SUCCESS)
 }
 
@@ -506,15 +548,12 @@ async fn run_restore(
                 }
                 Handed::Missing(_) => {}
                 Handed::Unanswered(why) => {
-                    if config.verbose {
-                        eprintln!("WARNING: {why}; fetching {wal} without the worker");
-                    }
+                    tracing::debug!("{why}; fetching {wal} without the worker");
                 }
             }
-        } else if config.verbose {
-            eprintln!(
-                "WARNING: --async needs a spool of this caller's own (-p 1 or more); \
-                 fetching directly"
+        } else {
+            tracing::debug!(
+                "--async needs a spool of this caller's own (-p 1 or more); fetching directly"
             );
         }
     }
@@ -568,9 +607,7 @@ async fn run_restore(
         fetcher.session().close().await;
         match result {
             Err(failure) if failure.is_transient() && session_attempt < SESSION_ATTEMPTS => {
-                if config.verbose {
-                    eprintln!("WARNING: {failure}; reconnecting");
-                }
+                tracing::debug!("{failure}; reconnecting");
                 session_attempt += 1;
                 broke = Some(failure);
             }
@@ -660,10 +697,8 @@ async fn fetch_with_prefetch(
         },
         None => (0, Vec::new()),
     };
-    if fetcher.verbose() {
-        for failure in &prefetch_failures {
-            eprintln!("WARNING: {failure}");
-        }
+    for failure in &prefetch_failures {
+        tracing::debug!("{failure}");
     }
     // The requested file comes first: if prefetched segments filled the
     // disk it shares with them, drop them and try once more.
@@ -671,9 +706,7 @@ async fn fetch_with_prefetch(
         (Err(failure), Some(spool))
             if failure.kind() == ErrorKind::DiskFull && spool.evict_prefetched(wal) > 0 =>
         {
-            if fetcher.verbose() {
-                eprintln!("WARNING: {failure}; dropped prefetched files to make room");
-            }
+            tracing::debug!("{failure}; dropped prefetched files to make room");
             fetcher.transfer_requested(wal, dest).await
         }
         (result, _) => result,

@@ -87,8 +87,8 @@ pub fn exit_on_signals() {
             _ = int.recv() => exit::INTERRUPTED,
         };
         TempRegistry::remove_all();
-        eprintln!(
-            "ERROR: interrupted by {}; temp files removed",
+        tracing::error!(
+            "interrupted by {}; temp files removed",
             if code == exit::TERMINATED {
                 "SIGTERM"
             } else {

@@ -27,7 +27,8 @@ pub mod names {
     pub const LAYOUT_PREFIX: &str = ".bwr-layout.";
     /// The `--async` worker's lock, held while it lives.
     pub const WORKER_LOCK: &str = ".bwr-worker.lock";
-    /// The `--async` worker's log.
+    /// The `--async` worker's log (and `.bwr-worker.log.1`, the one
+    /// before it: [`crate::logging`] rotates it).
     pub const WORKER_LOG: &str = ".bwr-worker.log";
     /// Every worker file starts with this.
     pub const WORKER_PREFIX: &str = ".bwr-worker.";

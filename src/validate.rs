@@ -118,8 +118,8 @@ fn check_segment(wal: &WalName, size: u64, head: &[u8]) -> Result<u64, String> {
     if newer_release_accepted(header.magic, cluster_major) {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
-            eprintln!(
-                "WARNING: {wal} has page magic {:#06x}, newer than any release this client knows \
+            tracing::warn!(
+                "{wal} has page magic {:#06x}, newer than any release this client knows \
                  (9.6 to 18); accepted because PG_VERSION says the cluster is {} and its records' \
                  CRCs are checked",
                 header.magic,

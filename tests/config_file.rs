@@ -405,3 +405,89 @@ fn settings_from_the_file_reach_the_async_worker() {
     });
     assert!(gone, "the worker outlived its spool");
 }
+
+/// `log-level` and `quiet` are settings like any other; with `verbose`
+/// they are one choice (they exclude each other on the command line): a
+/// higher layer's choice replaces a lower one's instead of clashing with
+/// it, and what the file chooses is what a call prints.
+#[test]
+fn the_log_level_is_a_setting_and_a_higher_layer_chooses_it() {
+    let work = Work::new();
+    let file = settings_file(work.path(), "sleep = 0\nlog-level = \"warning\"\n");
+    let file_arg = file.to_str().unwrap();
+    let settings = shown(&run(&["--config-file", file_arg, "--show-config"], &[]));
+    assert_setting(
+        &settings,
+        "log-level",
+        "\"warning\"",
+        &format!("{file_arg}:2"),
+    );
+    assert_setting(&settings, "quiet", "false", "default");
+    for (args, env, key) in [
+        (vec!["-v"], vec![], "verbose"),
+        (vec!["-q"], vec![], "quiet"),
+        (
+            vec![],
+            vec![("BARMAN_WAL_RESTORE_OPT_QUIET", "true")],
+            "quiet",
+        ),
+        (
+            vec!["--log-level", "debug"],
+            vec![("BARMAN_WAL_RESTORE_OPT_QUIET", "true")],
+            "log-level",
+        ),
+    ] {
+        let mut argv = vec!["--config-file", file_arg, "--show-config"];
+        argv.extend(&args);
+        let settings = shown(&run(&argv, &env));
+        let others: Vec<&str> = ["verbose", "quiet"]
+            .into_iter()
+            .filter(|k| *k != key)
+            .collect();
+        for other in others {
+            assert_setting(&settings, other, "false", "default");
+        }
+        if key != "log-level" {
+            assert_eq!(settings[key].0, "true", "{args:?} {env:?}");
+            assert!(
+                !settings.contains_key("log-level"),
+                "{args:?} {env:?}: the file's log-level is dropped: {settings:?}"
+            );
+        }
+    }
+    let bad = settings_file(work.path(), "log-level = \"loud\"\n");
+    let out = run(
+        &["--config-file", bad.to_str().unwrap(), "h", "s", "w", "d"],
+        &[],
+    );
+    assert_usage_error(&out, &[bad.to_str().unwrap(), ":1", "loud"]);
+
+    // What the file chooses is what a call prints: quiet, a failing call
+    // says its ERROR alone; debug, every line has the time and the pid.
+    let barman = server(spec(StoredCompression::Gzip, 1));
+    let quiet = settings_file(work.path(), "quiet = true\n");
+    let call = Call::new(&barman, &work).args(["-p", "2"]).env(
+        "BARMAN_WAL_RESTORE_OPT_CONFIG_FILE",
+        quiet.to_str().unwrap(),
+    );
+    let out = call.run(&seg(0), &work.dest());
+    out.assert_code(0);
+    assert_eq!(out.stderr, "");
+    let out = call.run(&seg(5), &work.dest());
+    out.assert_code(1);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    out.assert_one_error(&[&seg(5)]);
+    let debug = settings_file(work.path(), "log-level = \"debug\"\n");
+    let out = Call::new(&barman, &work)
+        .env(
+            "BARMAN_WAL_RESTORE_OPT_CONFIG_FILE",
+            debug.to_str().unwrap(),
+        )
+        .run(&seg(0), &work.dest());
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("] DEBUG: ") && out.stderr.lines().all(|l| l.contains("] DEBUG: ")),
+        "{}",
+        out.stderr
+    );
+}

@@ -20,7 +20,7 @@
 //! Layout: this file holds the trial list and the stack's lifetime; `real_stack/` the harness
 //! (`stack`, `run`, `checks`, `sequence`, `cluster`, `sshd`, over `tests/common`) and one module
 //! per concern of the trials (`postgres`, `fault`, `identity`, `fetch`, `direct`, `oracle`,
-//! `cli`, `partial`, `walk`, `timeline`, `ssh`, `ssh_config`).
+//! `cli`, `partial`, `walk`, `timeline`, `ssh`, `ssh_config`, `logging`).
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -54,6 +54,8 @@ mod fault;
 mod fetch;
 #[path = "real_stack/identity.rs"]
 mod identity;
+#[path = "real_stack/logging.rs"]
+mod logging;
 #[path = "real_stack/oracle.rs"]
 mod oracle;
 #[path = "real_stack/partial.rs"]
@@ -191,6 +193,7 @@ fn trials() -> Vec<Named> {
         Named::new("ssh::sshd_stopped_exits_2", ssh::sshd_stopped_exits_2),
     ]);
     list.extend(ssh_config::trials());
+    list.extend(logging::trials());
     list
 }
 

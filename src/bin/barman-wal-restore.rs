@@ -9,13 +9,22 @@ use std::future::Future;
 use barman_wal_restore::config::{Config, OnFailure, Request};
 use barman_wal_restore::config_file::{self, Resolution};
 use barman_wal_restore::error::{Error, ErrorKind};
+use barman_wal_restore::logging::{self, LogLevel};
+use barman_wal_restore::spool::names::WORKER_LOG;
 use barman_wal_restore::{exit, handoff, restore, shutdown, worker};
 
 fn main() {
     if handoff::started_as_worker() {
         let code = match handoff::read_assignment() {
-            Ok(assignment) => run_async(worker::run(&assignment)),
-            Err(e) => fail(Error::local(e)),
+            Ok(assignment) => {
+                let config = &assignment.config;
+                logging::to_worker_log(&config.spool.dir.join(WORKER_LOG), config.log_level);
+                run_async(worker::run(&assignment))
+            }
+            Err(e) => {
+                logging::to_stderr(LogLevel::Info);
+                fail(Error::local(e))
+            }
         };
         std::process::exit(code);
     }
@@ -26,8 +35,12 @@ fn main() {
             print!("{text}");
             std::process::exit(exit::SUCCESS);
         }
-        Err(e) => fail(Error::new(ErrorKind::Usage, e.0)),
+        Err(e) => {
+            logging::to_stderr(LogLevel::Info);
+            fail(Error::new(ErrorKind::Usage, e.0))
+        }
     };
+    logging::to_stderr(args.log_level());
     let request = Request::from_args(&args);
     let config = match Config::from_args(&args) {
         Ok(config) => config,
@@ -61,8 +74,8 @@ fn run_async(work: impl Future<Output = i32>) -> i32 {
     code
 }
 
-/// One `ERROR:` line and the status [`exit`] gives the failure.
+/// One ERROR line and the status [`exit`] gives the failure.
 fn fail(failure: Error) -> ! {
-    eprintln!("ERROR: {failure}");
+    tracing::error!("{failure}");
     std::process::exit(failure.exit_code());
 }

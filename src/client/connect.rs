@@ -42,15 +42,12 @@ pub async fn connect(
     attempts: u32,
     layout: LayoutSource,
 ) -> Result<Arc<Fetcher>, Error> {
-    let session = Arc::new(
-        connect_with_retries(target.clone(), stats.clone(), attempts, config.verbose).await?,
-    );
+    let session = Arc::new(connect_with_retries(target.clone(), stats.clone(), attempts).await?);
     let server = &config.server;
     let fetcher = Arc::new(Fetcher::new(
         session,
         server.clone(),
         config.transfer.clone(),
-        config.verbose,
     ));
     if config.transfer.direct_read {
         let key = format!(
@@ -74,7 +71,6 @@ pub async fn connect_with_retries(
     target: Arc<SshTarget>,
     stats: Arc<SessionStats>,
     attempts: u32,
-    verbose: bool,
 ) -> Result<Session, Error> {
     let mut pause = Duration::from_millis(250);
     let mut attempt = 1;
@@ -83,9 +79,7 @@ pub async fn connect_with_retries(
             Ok(session) => return Ok(session),
             Err(e) if attempt >= attempts || !e.kind().is_retryable() => return Err(e),
             Err(e) => {
-                if verbose {
-                    eprintln!("WARNING: attempt {attempt}/{attempts}: {e}; retrying in {pause:?}");
-                }
+                tracing::debug!("attempt {attempt}/{attempts}: {e}; retrying in {pause:?}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(4));
                 attempt += 1;
@@ -93,7 +87,6 @@ pub async fn connect_with_retries(
         }
     }
 }
-
 
 /// The cache file for one target: host, user, port, config and server.
 pub fn cache_path(spool: &Path, key: &str) -> PathBuf {
@@ -169,11 +162,7 @@ impl Fetcher {
                         state
                     }
                     None => {
-                        if self.verbose {
-                            eprintln!(
-                                "INFO: barman show-server gave no archive layout; using get-wal"
-                            );
-                        }
+                        tracing::debug!("barman show-server gave no archive layout; using get-wal");
                         return;
                     }
                 }

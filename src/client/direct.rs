@@ -153,9 +153,7 @@ impl Fetcher {
                 if let Some(path) = &d.cache {
                     store_cache(path, &DirectState::Restricted);
                 }
-                if self.verbose {
-                    eprintln!("INFO: {what}; using barman get-wal instead");
-                }
+                tracing::debug!("{what}; using barman get-wal instead");
             }
         }
     }

@@ -70,11 +70,7 @@ impl Fetcher {
     /// two steps because Barman's answer does not say which file it sent:
     /// in one step a complete segment whose end was lost would pass as a
     /// `.partial`.
-    pub async fn transfer_requested(
-        &self,
-        wal: &WalName,
-        dest: &Path,
-    ) -> Result<Delivered, Error> {
+    pub async fn transfer_requested(&self, wal: &WalName, dest: &Path) -> Result<Delivered, Error> {
         let result = self.transfer(wal, dest).await;
         match result {
             Err(e)
@@ -82,9 +78,7 @@ impl Fetcher {
                     && self.transfer.partial
                     && wal.kind() == WalKind::Segment =>
             {
-                if self.verbose {
-                    eprintln!("INFO: Barman has no {wal}; asking for its .partial (-P)");
-                }
+                tracing::debug!("Barman has no {wal}; asking for its .partial (-P)");
                 self.transfer_as(wal, dest, Lookup::PartialOfSegment).await
             }
             other => other,
@@ -108,9 +102,7 @@ impl Fetcher {
         loop {
             match self.transfer_once(wal, dest, transfer, lookup).await {
                 Err(Attempt::RetryDecompressed(why)) if transfer != Compression::Decompressed => {
-                    if self.verbose {
-                        eprintln!("INFO: {wal}: {why}; asking Barman to decompress it instead");
-                    }
+                    tracing::debug!("{wal}: {why}; asking Barman to decompress it instead");
                     transfer = Compression::Decompressed;
                 }
                 Err(Attempt::RetryDecompressed(why)) => return Err(Error::bad_payload(why)),

@@ -59,7 +59,6 @@ pub struct Fetcher {
     server: Server,
     /// How files are asked for and checked.
     transfer: Transfer,
-    verbose: bool,
     /// Signalled whenever one of our channels ends: a refused open waits
     /// for it before trying again.
     slot_freed: Notify,
@@ -102,17 +101,11 @@ pub const TRANSFER_IO_TIMEOUTS: u32 = 5;
 const REFUSED_RETRY_MAX: Duration = Duration::from_millis(200);
 
 impl Fetcher {
-    pub fn new(
-        session: Arc<Session>,
-        server: Server,
-        transfer: Transfer,
-        verbose: bool,
-    ) -> Fetcher {
+    pub fn new(session: Arc<Session>, server: Server, transfer: Transfer) -> Fetcher {
         Fetcher {
             session,
             server,
             transfer,
-            verbose,
             slot_freed: Notify::new(),
             keep_rejected: AtomicBool::new(false),
             system_identifier: Mutex::new(None),
@@ -131,11 +124,6 @@ impl Fetcher {
 
     pub fn session(&self) -> &Arc<Session> {
         &self.session
-    }
-
-    /// `-v`: say on stderr what happens.
-    pub fn verbose(&self) -> bool {
-        self.verbose
     }
 
     /// Opens an exec channel, waiting while the server refuses new channels,
@@ -233,9 +221,7 @@ impl Fetcher {
             }
             Err(DecodeError::Write(e)) => return Err(local(e)),
             Err(e @ DecodeError::Corrupt { .. }) => {
-                return Err(StreamEnd::Failed(Error::bad_payload(format!(
-                    "{wal}: {e}"
-                ))));
+                return Err(StreamEnd::Failed(Error::bad_payload(format!("{wal}: {e}"))));
             }
         };
         if self.transfer.verify {

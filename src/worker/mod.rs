@@ -119,16 +119,16 @@ pub async fn run(assignment: &Assignment) -> i32 {
     let spool = match Spool::open(&config.spool.dir) {
         Ok(spool) => spool,
         Err(failure) => {
-            log(&format!("ERROR: {failure}"));
+            tracing::error!("{failure}");
             return failure.exit_code();
         }
     };
     let Some(spool_identity) = spool::identity(spool.dir()) else {
-        log("ERROR: the spool vanished as the worker started");
+        tracing::error!("the spool vanished as the worker started");
         return exit::SUCCESS;
     };
     let Some(_lock) = handoff::lock_as_worker(&spool, LOCK_PATIENCE) else {
-        log("another worker serves this spool; leaving");
+        tracing::info!("another worker serves this spool; leaving");
         return exit::SUCCESS;
     };
     // The identity of the call that started it (its settings, its data
@@ -142,29 +142,27 @@ pub async fn run(assignment: &Assignment) -> i32 {
     let _claim = match owner::claim(&spool, &me, true) {
         Ok(Claimed::Ours(claim)) => claim,
         Ok(Claimed::Held(other)) => {
-            log(&format!(
-                "the spool holds the files of another caller ({other}); leaving"
-            ));
+            tracing::info!("the spool holds the files of another caller ({other}); leaving");
             return exit::SUCCESS;
         }
         Err(e) => {
-            log(&format!("ERROR: cannot claim the spool: {e}"));
+            tracing::error!("cannot claim the spool: {e}");
             return exit::SUCCESS;
         }
     };
     let window = Window::for_worker(config.transfer.parallel);
-    log(&format!(
+    tracing::info!(
         "worker {} serves spool {} (-p {}, idle exit after {} s) for {}",
         std::process::id(),
         config.spool.dir.display(),
         window.size(),
         config.background.idle.as_secs(),
         me.describe()
-    ));
+    );
     let target = match SshTarget::resolve(&config.connect_options()) {
         Ok(target) => Arc::new(target),
         Err(failure) => {
-            log(&format!("ERROR: {failure}"));
+            tracing::error!("{failure}");
             return failure.exit_code();
         }
     };
@@ -207,12 +205,12 @@ pub async fn run(assignment: &Assignment) -> i32 {
         fetcher.session().close().await;
     }
     let (connections, channels, refused) = worker.stats.snapshot();
-    log(&format!(
+    tracing::info!(
         "worker {} exiting ({why}): {} file(s) fetched, {connections} connection(s), \
          {channels} channel(s), {refused} refused",
         std::process::id(),
         worker.served
-    ));
+    );
     stats::write_worker_stats(&worker.stats);
     exit::SUCCESS
 }
@@ -283,9 +281,7 @@ impl Worker<'_> {
                 continue;
             }
             self.last_activity = Instant::now();
-            if self.assignment.config.verbose {
-                log(&format!("request {token}: {wal}"));
-            }
+            tracing::debug!("request {token}: {wal}");
             self.move_cursor(&wal);
             let in_spool = self.spool.contains(&wal);
             self.book.ask(token, wal, in_spool, Instant::now());
@@ -353,7 +349,7 @@ impl Worker<'_> {
             return;
         }
         if let Some(old) = self.fetcher.take() {
-            log("the session broke; reconnecting");
+            tracing::warn!("the session broke; reconnecting");
             old.session().close().await;
         }
         if Instant::now() < self.next_connect {
@@ -370,13 +366,11 @@ impl Worker<'_> {
         .await;
         match connected {
             Ok(fetcher) => {
-                if self.assignment.config.verbose {
-                    log("connected");
-                }
+                tracing::debug!("connected");
                 self.fetcher = Some(fetcher)
             }
             Err(failure) => {
-                log(&format!("cannot connect: {failure}"));
+                tracing::warn!("cannot connect: {failure}");
                 self.next_connect = Instant::now() + RECONNECT_PAUSE;
                 // The callers fetch on their own rather than wait for us.
                 for token in self.book.fail_waiting() {
@@ -456,12 +450,7 @@ impl Worker<'_> {
                 Ok(delivered) => {
                     self.served += 1;
                     self.segment_size = Some(delivered.bytes_out);
-                    if self.assignment.config.verbose {
-                        log(&format!(
-                            "{wal} ready in {} ms",
-                            started.elapsed().as_millis()
-                        ));
-                    }
+                    tracing::debug!("{wal} ready in {} ms", started.elapsed().as_millis());
                     // Its callers take it from the spool; until they withdraw
                     // their requests, those must not start it again.
                     self.book.delivered(&wal, Instant::now());
@@ -483,7 +472,7 @@ impl Worker<'_> {
             Done::Peek(from, count, result) => match result {
                 Ok(names) => self.head.listed(from, count, names),
                 Err(failure) => {
-                    log(&format!("peek from {from} failed: {failure}"));
+                    tracing::warn!("peek from {from} failed: {failure}");
                     self.head.listing_failed();
                     if failure.is_transient() {
                         self.drop_session();
@@ -494,11 +483,13 @@ impl Worker<'_> {
     }
 
     fn transfer_failed(&mut self, wal: WalName, failure: Error, miss: Option<Miss>) {
-        // A prefetch nobody waits for is worth a line unless it is a "not
-        // found": past the archive's head, that is the expected answer.
+        // A prefetch nobody waits for is worth a warning unless it is a
+        // "not found": past the archive's head, that is the expected answer.
         let unexpected = !self.book.is_waited(&wal) && failure.kind() != ErrorKind::NotFound;
-        if unexpected || self.assignment.config.verbose {
-            log(&format!("{wal}: {failure}"));
+        if unexpected {
+            tracing::warn!("{wal}: {failure}");
+        } else {
+            tracing::debug!("{wal}: {failure}");
         }
         let answer = match failure.kind() {
             ErrorKind::NotFound => Answer::Missing(failure.message().to_string()),
@@ -514,7 +505,7 @@ impl Worker<'_> {
 
     fn drop_session(&mut self) {
         if let Some(fetcher) = self.fetcher.take() {
-            log("the session failed; reconnecting on the next need");
+            tracing::warn!("the session failed; reconnecting on the next need");
             tokio::spawn(async move { fetcher.session().close().await });
         }
     }
@@ -522,37 +513,7 @@ impl Worker<'_> {
     /// Writes the answer file of a request the book has marked answered.
     fn answer(&self, token: &str, answer: Answer) {
         if let Err(e) = handoff::answer(&self.spool, token, &answer) {
-            log(&format!("cannot answer request {token}: {e}"));
+            tracing::warn!("cannot answer request {token}: {e}");
         }
     }
-}
-
-/// One line on the worker's log (its stderr), with the local time: the
-/// log is read by a DBA next to PostgreSQL's own.
-fn log(message: &str) {
-    eprintln!("{} {message}", local_time());
-}
-
-/// `YYYY-MM-DD HH:MM:SS.mmm` in local time. By hand through libc rather than a
-/// date crate: one format, one call site.
-fn local_time() -> String {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let now = since_epoch.as_secs() as libc::time_t;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
-        return now.to_string();
-    }
-    // Milliseconds: a request is answered in a few of them.
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        since_epoch.subsec_millis()
-    )
 }

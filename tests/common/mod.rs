@@ -165,10 +165,12 @@ impl Outcome {
         }
     }
 
-    /// The `ERROR:` lines of stderr.
+    /// The `ERROR:` lines of stderr (after the time and pid that `-v`
+    /// puts in front).
     pub fn errors(&self) -> Vec<&str> {
         self.stderr
             .lines()
+            .map(unstamped)
             .filter(|l| l.starts_with("ERROR:"))
             .collect()
     }
@@ -208,6 +210,30 @@ impl Outcome {
             self.code, self.stderr
         );
     }
+}
+
+/// A line without the `2026-12-03 10:00:00.123 [4242] ` that the debug
+/// level (`-v`) and the worker's log put before the level.
+pub fn unstamped(line: &str) -> &str {
+    let stamped = line.len() > 26
+        && line.as_bytes()[..23]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| match i {
+                4 | 7 => *b == b'-',
+                10 => *b == b' ',
+                13 | 16 => *b == b':',
+                19 => *b == b'.',
+                _ => b.is_ascii_digit(),
+            });
+    let rest = if stamped {
+        line[23..].strip_prefix(" [")
+    } else {
+        None
+    };
+    rest.and_then(|r| r.split_once("] "))
+        .filter(|(pid, _)| pid.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(line, |(_, rest)| rest)
 }
 
 /// One invocation of the binary, built up like a command line.
