@@ -91,8 +91,9 @@ impl Window {
     /// How many names to ask `get-wal --peek` for: a few windows' worth,
     /// so the next misses find their names in the listing (the call's in
     /// the spool's peek cache) and prefetch without a peek of their own.
+    /// Never fewer than `-p`: above 256 a window's worth, no more.
     pub fn peek_size(&self) -> usize {
-        (self.parallel * 4).clamp(self.parallel, 256)
+        self.parallel.saturating_mul(4).min(256).max(self.parallel)
     }
 
     /// What a peek from `from` gives this window to read: see
@@ -136,6 +137,17 @@ mod tests {
 
     fn seg(tli: u32, n: u32) -> WalName {
         WalName::parse(&format!("{tli:08X}00000000{n:08X}")).unwrap()
+    }
+
+    /// `-p` above 256 used to panic here (a clamp whose minimum passed its
+    /// maximum): exit 101 on every call that peeked.
+    #[test]
+    fn the_peek_asks_for_a_few_windows_up_to_256_and_never_less_than_one() {
+        let sizes: Vec<usize> = [1, 8, 64, 100, 256, 300, 10_000]
+            .map(|p| Window::for_call(p).peek_size())
+            .to_vec();
+        assert_eq!(sizes, [4, 32, 256, 256, 256, 300, 10_000]);
+        assert_eq!(Window::for_worker(0).peek_size(), 4);
     }
 
     fn names(from: u32, to: u32) -> Vec<WalName> {
