@@ -249,14 +249,7 @@ pub fn start_worker(spool: &Spool, config: &Config, from: Option<&WalName>) -> s
     let log_path = spool.dir().join(LOG_FILE);
     // The worker rotates its log as it writes; an old one is rotated here.
     crate::logging::rotate_if_over(&log_path, crate::logging::worker_log_limit());
-    let log = {
-        use std::os::unix::fs::OpenOptionsExt;
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&log_path)?
-    };
+    let log = crate::logging::open_log(&log_path)?;
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg(WORKER_FLAG)

@@ -289,7 +289,9 @@ fn rotate(path: &Path) {
     let _ = std::fs::rename(path, old);
 }
 
-fn open_log(path: &Path) -> io::Result<File> {
+/// Opens (or creates, owner-only) the worker's log for appending, never
+/// through a symlink: the worker and the call that starts it alike.
+pub(crate) fn open_log(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)

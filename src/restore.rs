@@ -66,7 +66,7 @@ pub async fn run(config: &Config, request: &Request) -> i32 {
             if !sleep.is_zero() && !failure.kind().is_local() {
                 tokio::time::sleep(sleep).await;
             }
-            status_of(&failure, &config.on_failure, request)
+            status_of(&failure, mode, &config.on_failure, request)
         }
     }
 }
@@ -77,14 +77,19 @@ pub async fn run(config: &Config, request: &Request) -> i32 {
 pub fn refused(failure: Error, on_failure: &OnFailure, request: &Request) -> i32 {
     let _ = cluster_here();
     stats::write_call_stats(&SessionStats::default());
-    tracing::error!("{failure}");
-    status_of(&failure, on_failure, request)
+    let mode = RecoveryMode::detect(std::path::Path::new("."));
+    report_failure(&failure, mode, &request.wal_name);
+    status_of(&failure, mode, on_failure, request)
 }
 
-/// The exit status for `failure`, with the line that says why recovery
-/// stops when the policy stops it.
-fn status_of(failure: &Error, on_failure: &OnFailure, request: &Request) -> i32 {
-    let mode = RecoveryMode::detect(std::path::Path::new("."));
+/// The exit status for `failure` in `mode`, with the line that says why
+/// recovery stops when the policy stops it.
+fn status_of(
+    failure: &Error,
+    mode: RecoveryMode,
+    on_failure: &OnFailure,
+    request: &Request,
+) -> i32 {
     let code = on_failure.policy.exit_code(failure, mode);
     if code == exit::ABORT_RECOVERY {
         tracing::error!(
