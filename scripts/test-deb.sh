@@ -198,8 +198,12 @@ runuser -u postgres -- touch "$data/recovery.signal"
 pglog="$STACK/log/pg-deb-pitr.log"
 t=$(date +%s)
 log "PITR to '$TARGET_NAME' with restore_command = '$restore'"
+# -w: `pg_ctl start -W` returns before the postmaster has written its pid file, and a `pg_ctl status`
+# asked in that gap says "no server running" (CI once stopped here on a server that was starting).
+# With -w pg_ctl returns once the server accepts connections (hot standby or promoted) or has died.
 runuser -u postgres -- env PATH="$PG_SSH_WRAPPER_DIR:/usr/bin:/bin" \
-    "$PG_BIN/pg_ctl" start -W -D "$data" -l "$pglog" >/dev/null
+    "$PG_BIN/pg_ctl" start -w -t "$RECOVERY_TIMEOUT" -D "$data" -l "$pglog" >/dev/null \
+    || { tail -30 "$pglog" >&2; die "the PITR server did not start within ${RECOVERY_TIMEOUT}s (or died)"; }
 q() {
     runuser -u postgres -- "$PG_BIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres \
         -c "$1" 2>/dev/null
