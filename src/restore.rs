@@ -647,14 +647,22 @@ async fn fetch_with_prefetch(
                 // enough past this segment, saves a peek.
                 let listing: Vec<WalName> = match spool.known_after(&wal, window.size()) {
                     Some(known) => std::iter::once(wal.clone()).chain(known).collect(),
-                    None => match fetcher.peek(&wal, window.peek_size()).await {
-                        Ok(names) => {
-                            let listing = window.listing(&wal, names);
-                            spool.remember_listing(&listing);
-                            listing
+                    None => {
+                        // The prefetches' channels open while the peek is
+                        // answered: each then starts in one round trip.
+                        fetcher.expect_commands(1 + window.size());
+                        match fetcher.peek(&wal, window.peek_size()).await {
+                            Ok(names) => {
+                                let listing = window.listing(&wal, names);
+                                spool.remember_listing(&listing);
+                                listing
+                            }
+                            Err(failure) => {
+                                fetcher.expect_commands(0);
+                                return (0, vec![failure]);
+                            }
                         }
-                        Err(failure) => return (0, vec![failure]),
-                    },
+                    }
                 };
                 let names = window.ahead(&listing, &wal, |n| spool.contains(n));
                 let results = fetcher

@@ -396,6 +396,44 @@ fn parallel_16_fits_max_sessions_10() {
     );
 }
 
+/// The prefetches' channels are opened ahead (during the peek, and while
+/// the first streams run): never one more than the commands that use them,
+/// none refused by OpenSSH's default `MaxSessions` of 10, in a batch that
+/// peeks and in one that reads the spool's copy of the peek.
+#[test]
+fn channels_opened_ahead_are_all_used_within_max_sessions_10() {
+    let faults = Faults {
+        max_sessions: Some(10),
+        ..Faults::default()
+    };
+    let barman = server_with(spec(StoredCompression::Zstd, 17), faults);
+    let archive = barman.archive();
+    let work = Work::new();
+    for (first, peeks) in [(0, true), (8, false)] {
+        let before = barman.stats();
+        Call::new(&barman, &work)
+            .args(["-p", "8"])
+            .run(&seg(first), &work.dest())
+            .assert_code(0);
+        assert_delivered(archive, &work.dest(), &seg(first));
+        let after = barman.stats();
+        let commands = &after.commands[before.commands.len()..];
+        let peeked = commands.iter().any(|c| c.contains("--peek"));
+        assert_eq!(peeked, peeks, "{commands:#?}");
+        // The requested file, its 7 followers, and the peek when there is one.
+        assert_eq!(commands.len(), 8 + usize::from(peeks), "{commands:#?}");
+        assert_eq!(
+            after.channels_opened - before.channels_opened,
+            commands.len() as u64,
+            "a channel was opened that no command used"
+        );
+        assert_eq!(after.channels_refused, 0);
+    }
+    // The first batch's files were taken (or passed over) by then.
+    let spooled = assert_clean(&work.spool, archive, None);
+    assert_eq!(spooled, (9..16).map(seg).collect::<Vec<_>>());
+}
+
 /// `.history` files are always asked of Barman, even when a file of that
 /// name sits in the spool (a timeline may have appeared since).
 #[test]

@@ -7,6 +7,7 @@
 //! - [`window`]: the prefetch window, for a call and for the worker.
 //! - [`command`]: every remote command line, and what its answers mean.
 //! - [`output`]: the bounded reader of a command's whole answer.
+//! - [`spare`]: channels opened ahead of the commands that will use them.
 //!
 //! This module holds the [`Fetcher`], which a call and the `--async` worker
 //! share: [`Fetcher::transfer`] moves one file (one channel, decoded as it
@@ -36,10 +37,12 @@ pub mod connect;
 pub mod direct;
 pub mod getwal;
 pub mod output;
+pub mod spare;
 pub mod window;
 
 pub use connect::{connect, connect_with_retries, LayoutSource, CONNECT_ATTEMPTS};
 use direct::DirectRead;
+use spare::SpareChannels;
 pub use window::Window;
 
 /// What one transfer delivered.
@@ -69,6 +72,8 @@ pub struct Fetcher {
     system_identifier: Mutex<Option<u64>>,
     /// Set by [`Fetcher::learn_layout`] for `--direct-read`.
     direct: Mutex<Option<DirectRead>>,
+    /// Channels opened before their commands are known.
+    spare: SpareChannels,
 }
 
 /// The most transfers one session streams at once, whatever `-p` says:
@@ -110,6 +115,7 @@ impl Fetcher {
             keep_rejected: AtomicBool::new(false),
             system_identifier: Mutex::new(None),
             direct: Mutex::new(None),
+            spare: SpareChannels::default(),
         }
     }
 
@@ -127,8 +133,12 @@ impl Fetcher {
     }
 
     /// Opens an exec channel, waiting while the server refuses new channels,
-    /// for at most the io timeout.
+    /// for at most the io timeout. A channel opened ahead
+    /// ([`Fetcher::expect_commands`]) is used first.
     async fn exec(&self, command: &str) -> Result<ExecChannel, Error> {
+        if let Some(channel) = self.spare.take(&self.session).await {
+            return channel?.exec(command).await;
+        }
         let deadline = Instant::now() + self.session.target().io_timeout;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -148,6 +158,13 @@ impl Fetcher {
                 }
             }
         }
+    }
+
+    /// Expects `count` commands soon, not yet known: channels for up to
+    /// [`spare::MAX_SPARE`] of them are opened now, so that starting each
+    /// costs one round trip instead of two ([`spare`]).
+    pub fn expect_commands(&self, count: usize) {
+        self.spare.expect(&self.session, count);
     }
 
     fn channel_done(&self) {
@@ -278,6 +295,7 @@ impl Fetcher {
         window: usize,
     ) -> Vec<Result<Delivered, (WalName, Error)>> {
         let permits = Arc::new(Semaphore::new(window.max(1)));
+        self.expect_commands(names.len());
         let mut tasks = Vec::with_capacity(names.len());
         for wal in names {
             let fetcher = Arc::clone(self);
@@ -294,6 +312,7 @@ impl Fetcher {
                 results.push(result);
             }
         }
+        self.expect_commands(0);
         results
     }
 }

@@ -9,5 +9,5 @@ pub mod known_hosts;
 pub mod session;
 pub mod target;
 
-pub use session::{ExecChannel, OpenError, RemoteExit, Session, SessionStats};
+pub use session::{ExecChannel, OpenChannel, OpenError, RemoteExit, Session, SessionStats};
 pub use target::{ConnectOptions, HostKeyPolicy, SshTarget};

@@ -463,6 +463,17 @@ impl Session {
 
     /// Opens a session channel and starts `command` on it.
     pub async fn exec(&self, command: &str) -> Result<ExecChannel, OpenError> {
+        self.open_channel()
+            .await?
+            .exec(command)
+            .await
+            .map_err(OpenError::Failed)
+    }
+
+    /// Opens a session channel with nothing running on it yet: a round trip
+    /// taken ahead of the command that will use it (no data flows on it,
+    /// so an idle one holds up nothing else on the session).
+    pub async fn open_channel(&self) -> Result<OpenChannel, OpenError> {
         let open = tokio::time::timeout(self.target.io_timeout, self.handle.channel_open_session());
         let channel = match open.await {
             Ok(Ok(channel)) => channel,
@@ -485,15 +496,8 @@ impl Session {
             }
         };
         self.stats.channels_opened.fetch_add(1, Ordering::Relaxed);
-        channel.exec(true, command).await.map_err(|e| {
-            OpenError::Failed(Error::connection(format!(
-                "cannot start a command on {}: {e}",
-                self.target.display()
-            )))
-        })?;
-        Ok(ExecChannel {
+        Ok(OpenChannel {
             channel,
-            exit: RemoteExit::default(),
             idle: self.target.io_timeout,
             host: self.target.display(),
         })
@@ -785,6 +789,29 @@ async fn authenticate(handle: &mut Handle<ClientHandler>, target: &SshTarget) ->
             target.host_name
         ),
     ))
+}
+
+/// An open session channel on which no command runs yet.
+pub struct OpenChannel {
+    channel: russh::Channel<client::Msg>,
+    idle: Duration,
+    host: String,
+}
+
+impl OpenChannel {
+    /// Starts `command`. Its output is not waited for here: the first
+    /// bytes follow the request by a round trip and the command's start-up.
+    pub async fn exec(self, command: &str) -> Result<ExecChannel, Error> {
+        self.channel.exec(true, command).await.map_err(|e| {
+            Error::connection(format!("cannot start a command on {}: {e}", self.host))
+        })?;
+        Ok(ExecChannel {
+            channel: self.channel,
+            exit: RemoteExit::default(),
+            idle: self.idle,
+            host: self.host,
+        })
+    }
 }
 
 /// How a remote command ended, as sshd reported it. What a status means
