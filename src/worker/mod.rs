@@ -401,16 +401,23 @@ impl Worker<'_> {
         let ahead = self.head.ahead(&cursor, self.window);
         let starts = window_starts(self.window, self.book.any_waiting());
         let limit = fetcher.stream_limit();
+        let mut waiting_for_room = 0;
         for wal in ahead.iter().take(starts) {
-            let room = self.book.in_flight_count() < limit;
-            if room
-                && !self.book.in_flight(wal)
-                && !self.spool.contains(wal)
-                && !self.book.backing_off(wal, now)
+            if self.book.in_flight(wal)
+                || self.spool.contains(wal)
+                || self.book.backing_off(wal, now)
             {
+                continue;
+            }
+            if self.book.in_flight_count() < limit {
                 self.start_transfer(&fetcher, wal.clone());
+            } else {
+                waiting_for_room += 1;
             }
         }
+        // Their channels open now: each starts in one round trip when a
+        // stream ends.
+        fetcher.expect_commands(waiting_for_room);
         let (book, spool) = (&self.book, &self.spool);
         let busy = |wal: &WalName| book.in_flight(wal) || spool.contains(wal);
         if let Some(next) = self
