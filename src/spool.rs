@@ -25,6 +25,9 @@ pub mod names {
     pub const TEMP_PREFIX: &str = ".bwr-tmp.";
     /// `--direct-read`'s layout of one Barman server, learnt once.
     pub const LAYOUT_PREFIX: &str = ".bwr-layout.";
+    /// Written when a Barman server refused `--keep-compression` (as
+    /// Debian 12's 3.4 does): later calls ask it to decompress at once.
+    pub const KEEP_REFUSED_PREFIX: &str = ".bwr-keep-refused.";
     /// The `--async` worker's lock, held while it lives.
     pub const WORKER_LOCK: &str = ".bwr-worker.lock";
     /// The `--async` worker's log (and `.bwr-worker.log.1`, the one
@@ -44,6 +47,7 @@ pub mod names {
     pub fn is_bookkeeping(name: &str) -> bool {
         name == PEEK_CACHE
             || name.starts_with(LAYOUT_PREFIX)
+            || name.starts_with(KEEP_REFUSED_PREFIX)
             || name.starts_with(WORKER_PREFIX)
             || name.starts_with(OWNER)
     }

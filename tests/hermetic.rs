@@ -179,6 +179,75 @@ fn an_old_barman_rejecting_keep_compression_gets_a_plain_get_wal() {
     assert!(!work.dest().exists());
 }
 
+/// Against a Barman whose get-wal has no `--keep-compression` (Debian's
+/// 3.4), the refusal is remembered in the spool: the calls that miss in the
+/// next minutes ask for a decompressed file at once, without a refused
+/// get-wal (a Python start-up on the Barman host) each. Once the memory is
+/// older than five minutes the flag is tried again, and a flag the user
+/// wrote is never dropped because of it.
+#[test]
+fn a_refused_keep_compression_is_remembered_in_the_spool() {
+    let faults = Faults {
+        without_keep_compression: true,
+        ..Faults::default()
+    };
+    let barman = server_with(spec(StoredCompression::Gzip, 16), faults);
+    let archive = barman.archive();
+    let work = Work::new();
+    let run = |first: usize, options: &[&str]| {
+        let before = barman.stats().commands.len();
+        let _ = fs::remove_file(work.dest());
+        let out = Call::new(&barman, &work)
+            .args(["-p", "4"])
+            .args(options)
+            .run(&seg(first), &work.dest());
+        let commands = barman.stats().commands[before..].to_vec();
+        let refused = commands
+            .iter()
+            .filter(|c| c.contains("--keep-compression"))
+            .count();
+        (out, refused, commands)
+    };
+    let (out, refused, commands) = run(0, &[]);
+    out.assert_code(0);
+    assert!(refused >= 1, "{commands:#?}");
+    let (out, refused, commands) = run(4, &[]);
+    out.assert_code(0);
+    assert_delivered(archive, &work.dest(), &seg(4));
+    assert_eq!(refused, 0, "asked again within minutes: {commands:#?}");
+    assert_eq!(commands.len(), 4, "{commands:#?}");
+
+    let memory: Vec<_> = fs::read_dir(&work.spool)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".bwr-keep-refused.")
+        })
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(memory.len(), 1, "{memory:?}");
+    let six_minutes_ago = std::time::SystemTime::now() - Duration::from_secs(360);
+    fs::File::options()
+        .write(true)
+        .open(&memory[0])
+        .unwrap()
+        .set_modified(six_minutes_ago)
+        .unwrap();
+    let (out, refused, commands) = run(8, &[]);
+    out.assert_code(0);
+    assert_delivered(archive, &work.dest(), &seg(8));
+    assert!(
+        refused >= 1,
+        "tried again once the memory is old: {commands:#?}"
+    );
+
+    let (out, _, _) = run(12, &["--keep-compression"]);
+    assert_ne!(out.code, 0, "the user's explicit flag is not dropped");
+    out.assert_one_error(&["unrecognized arguments"]);
+}
+
 // ---------------------------------------------------------------------------
 // Spool and parallel prefetch
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ use super::output::{self, Beyond};
 use super::Fetcher;
 use crate::config::Config;
 use crate::error::Error;
+use crate::spool::names::{KEEP_REFUSED_PREFIX, LAYOUT_PREFIX};
 use crate::spool::Spool;
 use crate::ssh::{Session, SessionStats, SshTarget};
 
@@ -19,7 +20,9 @@ pub const CONNECT_ATTEMPTS: u32 = 3;
 /// The most of a `show-server` answer kept: a few dozen lines.
 const SHOW_SERVER_CAP: usize = 16 << 20;
 
-/// How long a learnt layout is trusted before `show-server` is asked again.
+/// How long what was learnt of a Barman is trusted before it is asked
+/// again: the layout (`show-server`), and that it refuses
+/// `--keep-compression`.
 pub const CACHE_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Where a connection may learn the archive layout for `--direct-read`.
@@ -49,14 +52,17 @@ pub async fn connect(
         server.clone(),
         config.transfer.clone(),
     ));
+    let key = format!(
+        "{}|{:?}|{}",
+        target.display(),
+        server.config(),
+        server.name()
+    );
+    if let Some(spool) = spool {
+        fetcher.remember_keep_refusal_in(cache_path(spool.dir(), KEEP_REFUSED_PREFIX, &key));
+    }
     if config.transfer.direct_read {
-        let key = format!(
-            "{}|{:?}|{}",
-            target.display(),
-            server.config(),
-            server.name()
-        );
-        let cache = spool.map(|s| cache_path(s.dir(), &key));
+        let cache = spool.map(|s| cache_path(s.dir(), LAYOUT_PREFIX, &key));
         fetcher
             .learn_layout(cache, layout == LayoutSource::CacheOrBarman)
             .await;
@@ -88,23 +94,29 @@ pub async fn connect_with_retries(
     }
 }
 
-/// The cache file for one target: host, user, port, config and server.
-pub fn cache_path(spool: &Path, key: &str) -> PathBuf {
+/// The cache file of one kind (`prefix`) for one target: host, user, port,
+/// config and server.
+pub fn cache_path(spool: &Path, prefix: &str, key: &str) -> PathBuf {
     // FNV-1a: a stable name for a short key, no cryptography needed.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    spool.join(format!("{}{hash:016x}", crate::spool::names::LAYOUT_PREFIX))
+    spool.join(format!("{prefix}{hash:016x}"))
+}
+
+/// Whether a cache file was written within [`CACHE_LIFETIME`].
+pub fn is_fresh(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok()
+        .and_then(|written| SystemTime::now().duration_since(written).ok())
+        .is_some_and(|age| age <= CACHE_LIFETIME)
 }
 
 pub fn load_cache(path: &Path) -> Option<DirectState> {
-    let meta = std::fs::metadata(path).ok()?;
-    let age = SystemTime::now()
-        .duration_since(meta.modified().ok()?)
-        .ok()?;
-    if age > CACHE_LIFETIME {
+    if !is_fresh(path) {
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
@@ -180,7 +192,7 @@ mod tests {
     #[test]
     fn cache_round_trips_and_expires_by_age() {
         let dir = tempfile::tempdir().unwrap();
-        let path = cache_path(dir.path(), "barman@host:22 angus");
+        let path = cache_path(dir.path(), LAYOUT_PREFIX, "barman@host:22 angus");
         assert!(load_cache(&path).is_none());
         let layout = ArchiveLayout::parse_show_server(SHOW).unwrap();
         store_cache(&path, &DirectState::Available(layout.clone()));

@@ -1,6 +1,6 @@
 //! The get-wal path: files and listings asked of `barman get-wal`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::command::parse_peek;
@@ -38,6 +38,35 @@ impl Fetcher {
         }
         parse_peek(&answer.stdout)
             .map_err(|e| Error::bad_payload(format!("barman get-wal --peek answered oddly: {e}")))
+    }
+
+    /// Where a refusal of `--keep-compression` by this Barman is
+    /// remembered. A refusal remembered there within
+    /// [`super::connect::CACHE_LIFETIME`] is taken as this call's own: a
+    /// Barman without the option (Debian 12's 3.4) then costs a refused
+    /// get-wal every few minutes, not in every call that misses (each is a
+    /// Python start-up on the Barman host).
+    /// Only when we chose `--keep-compression`: asked for by the user, a
+    /// refusal fails as with the Python original.
+    pub fn remember_keep_refusal_in(&self, path: PathBuf) {
+        if self.transfer.auto_keep && super::connect::is_fresh(&path) {
+            tracing::debug!(
+                "this Barman refused --keep-compression a moment ago ({}); asking it to decompress",
+                path.display()
+            );
+            self.keep_rejected.store(true, Ordering::Relaxed);
+        }
+        *self.keep_memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+    }
+
+    fn remember_keep_refusal(&self) {
+        let memory = self.keep_memory.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = memory.as_ref() {
+            // Its time of writing is what counts: rewritten, not kept.
+            if let Err(e) = std::fs::write(path, "--keep-compression refused\n") {
+                tracing::debug!("cannot remember the refusal in {}: {e}", path.display());
+            }
+        }
     }
 
     fn transfer_for(&self, wal: &WalName) -> Compression {
@@ -135,6 +164,7 @@ impl Fetcher {
                     && exit.is_usage_error()
                 {
                     self.keep_rejected.store(true, Ordering::Relaxed);
+                    self.remember_keep_refusal();
                     return Err(Attempt::RetryDecompressed(
                         "this Barman does not know --keep-compression".into(),
                     ));

@@ -65,8 +65,11 @@ pub struct Fetcher {
     /// Signalled whenever one of our channels ends: a refused open waits
     /// for it before trying again.
     slot_freed: Notify,
-    /// Set once the server rejected `--keep-compression`.
+    /// Set once the server rejected `--keep-compression` (or an earlier
+    /// call remembered that it does).
     keep_rejected: AtomicBool,
+    /// Where a rejection is remembered for later calls (in the spool).
+    keep_memory: Mutex<Option<PathBuf>>,
     /// The system identifier of the first segment delivered: every later
     /// segment of this fetcher must share it.
     system_identifier: Mutex<Option<u64>>,
@@ -113,6 +116,7 @@ impl Fetcher {
             transfer,
             slot_freed: Notify::new(),
             keep_rejected: AtomicBool::new(false),
+            keep_memory: Mutex::new(None),
             system_identifier: Mutex::new(None),
             direct: Mutex::new(None),
             spare: SpareChannels::default(),

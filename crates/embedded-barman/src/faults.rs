@@ -27,6 +27,9 @@ pub struct Faults {
     /// Delay before each command runs, like Barman's Python start-up on a
     /// real host (docs/benchmarks.md).
     pub command_latency: Duration,
+    /// A Barman whose `get-wal` has no `--keep-compression` (Debian 12's
+    /// 3.4): the option is a usage error, exit 2.
+    pub without_keep_compression: bool,
     pub rules: Vec<FaultRule>,
 }
 

@@ -393,6 +393,17 @@ fn answer<'a>(shared: &Shared, cmd: &'a GetWal) -> (Answer, Matched<'a>) {
             }
         }
     }
+    if cmd.keep_compression && shared.faults.lock().without_keep_compression {
+        let usage = Answer::Fixed {
+            stdout: Vec::new(),
+            stderr: "usage: barman get-wal [-h] [-o OUTPUT_DIRECTORY] [-P] [-z | -j] [-p PEEK] \
+                     [-t] server_name wal_name\n\
+                     barman get-wal: error: unrecognized arguments: --keep-compression\n"
+                .to_string(),
+            status: 2,
+        };
+        return (usage, Matched::Other);
+    }
     if cmd.keep_compression && (cmd.gzip || cmd.bzip2) {
         let message =
             "--keep-compression cannot be used together with --gzip or --bzip2".to_string();
