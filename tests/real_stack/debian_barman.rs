@@ -58,6 +58,10 @@ pub fn trials() -> Vec<Named> {
             "debian::keep_compression_refused_as_by_the_original",
             keep_compression_refused_as_by_the_original,
         ),
+        Named::new(
+            "debian::keep_compression_refusal_remembered",
+            keep_compression_refusal_remembered,
+        ),
     ]);
     list
 }
@@ -201,6 +205,43 @@ fn keep_compression_refused_as_by_the_original(st: &Stack) -> TestResult {
             "the original fails too:\n{}",
             original.describe()
         )));
+    }
+    Ok(())
+}
+
+/// Our default asks for --keep-compression and 3.4 refuses it. The spool remembers the refusal:
+/// the next call that misses asks for a decompressed file at once (its debug log says so, and
+/// Barman's refusal is not in it), and both calls deliver the archive's bytes.
+fn keep_compression_refusal_remembered(st: &Stack) -> TestResult {
+    let work = st.workdir("debian_keep_remembered")?;
+    let cfg = config(st, "gzip");
+    let segs = st.list("WAL_SEGMENTS");
+    let spool = work.join("spool");
+    let spool = spool.to_str().ok_or_else(|| fail("spool path"))?;
+    let opts = ["-p", "2", "--spool-dir", spool, "--log-level", "debug"];
+    let refused = "does not know --keep-compression";
+    let remembered = "refused --keep-compression a moment ago";
+    // The first call prefetches the second segment: the third is a miss.
+    for (seg, first) in [(&segs[0], true), (&segs[2], false)] {
+        let _ = fs::remove_file(work.join(DEST));
+        let ours = run(
+            &mut st.ours_debian(&cfg, &opts, seg, DEST, &work),
+            CALL_TIMEOUT,
+        )?;
+        ours.expect_code(0)?;
+        compare_file(&work.join(DEST), &st.orig().join(seg))?;
+        let (saw_refusal, saw_memory) = (
+            ours.stderr.contains(refused),
+            ours.stderr.contains(remembered),
+        );
+        if (saw_refusal, saw_memory) != (first, !first) {
+            return Err(fail(format!(
+                "{} call: want {}:\n{}",
+                if first { "first" } else { "second" },
+                if first { refused } else { remembered },
+                ours.describe()
+            )));
+        }
     }
     Ok(())
 }
