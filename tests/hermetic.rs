@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use embedded_barman::{
-    ArchiveSpec, ConfigCheck, EmbeddedBarman, EmbeddedConfig, FaultRule, Faults, StoredCompression,
-    StreamFault, Target,
+    ArchiveSpec, BackgroundBarman, ConfigCheck, EmbeddedBarman, EmbeddedConfig, FaultRule, Faults,
+    StoredCompression, StreamFault, Target,
 };
 
 // ---------------------------------------------------------------------------
@@ -433,15 +433,21 @@ fn a_failed_peek_still_delivers_the_requested_file() {
     }
 }
 
-/// With `-p 16` against `MaxSessions 10`, refused channels wait for a free
-/// slot: everything arrives, never more than ten channels at once.
-#[test]
-fn parallel_16_fits_max_sessions_10() {
+/// A Barman host whose sshd allows OpenSSH's default 10 session channels
+/// per connection, with `count` zstd segments.
+fn with_default_max_sessions(count: usize) -> BackgroundBarman {
     let faults = Faults {
         max_sessions: Some(10),
         ..Faults::default()
     };
-    let barman = server_with(spec(StoredCompression::Zstd, 17), faults);
+    server_with(spec(StoredCompression::Zstd, count), faults)
+}
+
+/// With `-p 16` against `MaxSessions 10`, refused channels wait for a free
+/// slot: everything arrives, never more than ten channels at once.
+#[test]
+fn parallel_16_fits_max_sessions_10() {
+    let barman = with_default_max_sessions(17);
     let archive = barman.archive();
     let work = Work::new();
     let out = Call::new(&barman, &work)
@@ -471,11 +477,7 @@ fn parallel_16_fits_max_sessions_10() {
 /// peeks and in one that reads the spool's copy of the peek.
 #[test]
 fn channels_opened_ahead_are_all_used_within_max_sessions_10() {
-    let faults = Faults {
-        max_sessions: Some(10),
-        ..Faults::default()
-    };
-    let barman = server_with(spec(StoredCompression::Zstd, 17), faults);
+    let barman = with_default_max_sessions(17);
     let archive = barman.archive();
     let work = Work::new();
     for (first, peeks) in [(0, true), (8, false)] {
