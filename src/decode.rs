@@ -48,6 +48,99 @@ impl Format {
 /// The longest magic we look for (snappy's framed stream identifier).
 pub const SNIFF_LEN: usize = 10;
 
+/// How many first bytes are read before decoding starts: the magic, and
+/// the headers that declare a decoder's window (zstd's frame header, xz's
+/// first block header).
+pub const PROBE_LEN: usize = 32;
+
+/// What a decoder of this stream holds in memory, from its first bytes: the
+/// window its header declares (zstd), the dictionary (xz: Barman's default
+/// level has 4 MiB, "high" 8 MiB, level 9 64 MiB), four times the block
+/// size (bzip2), the block size (lz4), a few KiB otherwise. It decides how
+/// many streams decode at once ([`crate::client`]). Only an estimate: a
+/// header we cannot read counts as 8 MiB.
+pub fn decoder_memory(format: Format, prefix: &[u8]) -> u64 {
+    const UNREADABLE: u64 = 8 << 20;
+    match format {
+        Format::Plain => 0,
+        Format::Gzip | Format::Snappy => 64 << 10,
+        Format::Bzip2 => match prefix.get(3) {
+            Some(level @ b'1'..=b'9') => u64::from(level - b'0') * 100_000 * 4,
+            _ => UNREADABLE,
+        },
+        Format::Zstd => zstd_window(prefix).unwrap_or(UNREADABLE),
+        Format::Xz => xz_dictionary(prefix).unwrap_or(UNREADABLE),
+        // The block size of the frame descriptor's BD byte (64 KiB to 4 MiB).
+        Format::Lz4 => match prefix.get(5).map(|bd| (bd >> 4) & 7) {
+            Some(max @ 4..=7) => 1 << (8 + 2 * u64::from(max)),
+            _ => 4 << 20,
+        },
+    }
+}
+
+/// The window a zstd frame header declares (RFC 8878, 3.1.1.1): from the
+/// window descriptor, or the content size of a single-segment frame.
+fn zstd_window(prefix: &[u8]) -> Option<u64> {
+    let descriptor = *prefix.get(4)?;
+    let single_segment = descriptor & 0x20 != 0;
+    if !single_segment {
+        let window = *prefix.get(5)?;
+        let log = 10 + u64::from(window >> 3);
+        let base = 1u64 << log;
+        return Some(base + (base / 8) * u64::from(window & 7));
+    }
+    let dictionary_id_len = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let at = 5 + dictionary_id_len;
+    let size = match descriptor >> 6 {
+        0 => u64::from(*prefix.get(at)?),
+        1 => u64::from(u16::from_le_bytes(prefix.get(at..at + 2)?.try_into().ok()?)) + 256,
+        2 => u64::from(u32::from_le_bytes(prefix.get(at..at + 4)?.try_into().ok()?)),
+        _ => u64::from_le_bytes(prefix.get(at..at + 8)?.try_into().ok()?),
+    };
+    Some(size)
+}
+
+/// The LZMA2 dictionary size of an xz stream's first block (xz file format
+/// 1.1.0, 3.1): the block header follows the 12-byte stream header; its
+/// filter flags hold the dictionary size for filter 0x21.
+fn xz_dictionary(prefix: &[u8]) -> Option<u64> {
+    let block = prefix.get(12..)?;
+    let flags = *block.get(1)?;
+    let mut at = 2;
+    let varint = |at: &mut usize| -> Option<u64> {
+        let mut value = 0u64;
+        for shift in 0..9 {
+            let byte = *block.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << (7 * shift);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    };
+    if flags & 0x40 != 0 {
+        varint(&mut at)?; // compressed size
+    }
+    if flags & 0x80 != 0 {
+        varint(&mut at)?; // uncompressed size
+    }
+    for _ in 0..=(flags & 3) {
+        let id = varint(&mut at)?;
+        let properties = varint(&mut at)? as usize;
+        if id == 0x21 && properties == 1 {
+            let bits = u32::from(*block.get(at)?);
+            return match bits {
+                0..=39 => Some(u64::from((2 | (bits & 1)) << (bits / 2 + 11))),
+                40 => Some(u64::from(u32::MAX)),
+                _ => None,
+            };
+        }
+        at += properties;
+    }
+    None
+}
+
 /// Recognises a compressed stream by its first bytes; `None` when the prefix
 /// matches no compression we know (plain data is judged by the caller).
 pub fn sniff_compression(prefix: &[u8]) -> Option<Format> {
@@ -186,10 +279,17 @@ pub struct DecodeSink {
 }
 
 impl DecodeSink {
-    pub fn start(out: File, kind: WalKind) -> DecodeSink {
+    /// `observe` learns what the decoder will hold ([`decoder_memory`]) as
+    /// soon as the first bytes are read.
+    pub fn start(
+        out: File,
+        kind: WalKind,
+        observe: impl FnOnce(u64) + Send + 'static,
+    ) -> DecodeSink {
         let (tx, rx) = mpsc::channel(8);
-        let join =
-            tokio::task::spawn_blocking(move || decode_stream(ChunkReader::new(rx), out, kind));
+        let join = tokio::task::spawn_blocking(move || {
+            decode_stream_observed(ChunkReader::new(rx), out, kind, observe)
+        });
         DecodeSink { tx: Some(tx), join }
     }
 
@@ -303,15 +403,26 @@ fn lz4_frame_ended(flags: u8, pulled: &Pulled) -> bool {
 
 /// Decodes one payload from `input` into `out`. Runs on a blocking thread.
 pub fn decode_stream<R: Read + Send>(
+    input: R,
+    out: File,
+    kind: WalKind,
+) -> Result<Decoded, DecodeError> {
+    decode_stream_observed(input, out, kind, |_| {})
+}
+
+/// [`decode_stream`], telling `observe` what the decoder will hold before
+/// it starts.
+fn decode_stream_observed<R: Read + Send>(
     mut input: R,
     mut out: File,
     kind: WalKind,
+    observe: impl FnOnce(u64),
 ) -> Result<Decoded, DecodeError> {
-    let mut prefix = Vec::with_capacity(SNIFF_LEN);
-    let mut probe = [0u8; SNIFF_LEN];
-    while prefix.len() < SNIFF_LEN {
+    let mut prefix = Vec::with_capacity(PROBE_LEN);
+    let mut probe = [0u8; PROBE_LEN];
+    while prefix.len() < PROBE_LEN {
         let n = input
-            .read(&mut probe[..SNIFF_LEN - prefix.len()])
+            .read(&mut probe[..PROBE_LEN - prefix.len()])
             .map_err(|e| DecodeError::Corrupt {
                 format: Format::Plain,
                 detail: e.to_string(),
@@ -332,6 +443,7 @@ pub fn decode_stream<R: Read + Send>(
         }
         None => return Err(DecodeError::UnknownFormat(prefix)),
     };
+    observe(decoder_memory(format, &prefix));
     let lz4_flags = prefix.get(4).copied().unwrap_or(0);
     let pulled = std::sync::Arc::new(std::sync::Mutex::new(Pulled::default()));
     let whole = Counting {
@@ -434,6 +546,46 @@ pub fn decode_stream<R: Read + Send>(
 mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom};
+
+    /// The windows read from real encoders' headers, at the levels Barman
+    /// uses ("low", "medium", "high").
+    #[test]
+    fn decoder_memory_is_read_from_the_headers() {
+        let data = fake_segment(1 << 20);
+        let probe = |stored: &[u8]| {
+            let format = sniff_compression(stored).expect("a known format");
+            decoder_memory(format, &stored[..PROBE_LEN.min(stored.len())])
+        };
+        let mib = 1 << 20;
+        for (preset, dictionary) in [(1, mib), (3, 4 * mib), (5, 8 * mib), (9, 64 * mib)] {
+            let mut enc = liblzma::write::XzEncoder::new(Vec::new(), preset);
+            enc.write_all(&data).unwrap();
+            assert_eq!(probe(&enc.finish().unwrap()), dictionary, "xz -{preset}");
+        }
+        // Streamed (as Barman writes it): the window descriptor.
+        for (level, window) in [(1, 512 << 10), (4, 2 * mib), (9, 4 * mib)] {
+            let mut enc = zstd::stream::Encoder::new(Vec::new(), level).unwrap();
+            enc.write_all(&data).unwrap();
+            assert_eq!(probe(&enc.finish().unwrap()), window, "zstd -{level}");
+        }
+        // Whole (the size known): a single segment as large as the content.
+        let whole = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(probe(&whole), data.len() as u64, "zstd, content size");
+        for level in [1u32, 5, 9] {
+            let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::new(level));
+            enc.write_all(&data).unwrap();
+            assert_eq!(probe(&enc.finish().unwrap()), u64::from(level) * 400_000);
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&data).unwrap();
+        assert_eq!(probe(&gz.finish().unwrap()), 64 << 10);
+        assert_eq!(
+            decoder_memory(Format::Xz, &[0xfd, 0x37, 0x7a]),
+            8 * mib,
+            "unreadable"
+        );
+        assert_eq!(decoder_memory(Format::Plain, &data[..PROBE_LEN]), 0);
+    }
 
     fn fake_segment(len: usize) -> Vec<u8> {
         let mut data = vec![0u8; len];

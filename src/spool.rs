@@ -28,6 +28,9 @@ pub mod names {
     /// Written when a Barman server refused `--keep-compression` (as
     /// Debian 12's 3.4 does): later calls ask it to decompress at once.
     pub const KEEP_REFUSED_PREFIX: &str = ".bwr-keep-refused.";
+    /// The largest decoder memory a Barman server's files needed: how many
+    /// streams a call decodes at once from its start.
+    pub const DECODER_MEMORY_PREFIX: &str = ".bwr-decoder.";
     /// The `--async` worker's lock, held while it lives.
     pub const WORKER_LOCK: &str = ".bwr-worker.lock";
     /// The `--async` worker's log (and `.bwr-worker.log.1`, the one
@@ -48,6 +51,7 @@ pub mod names {
         name == PEEK_CACHE
             || name.starts_with(LAYOUT_PREFIX)
             || name.starts_with(KEEP_REFUSED_PREFIX)
+            || name.starts_with(DECODER_MEMORY_PREFIX)
             || name.starts_with(WORKER_PREFIX)
             || name.starts_with(OWNER)
     }

@@ -10,7 +10,7 @@ use super::output::{self, Beyond};
 use super::Fetcher;
 use crate::config::Config;
 use crate::error::Error;
-use crate::spool::names::{KEEP_REFUSED_PREFIX, LAYOUT_PREFIX};
+use crate::spool::names::{DECODER_MEMORY_PREFIX, KEEP_REFUSED_PREFIX, LAYOUT_PREFIX};
 use crate::spool::Spool;
 use crate::ssh::{Session, SessionStats, SshTarget};
 
@@ -60,6 +60,7 @@ pub async fn connect(
     );
     if let Some(spool) = spool {
         fetcher.remember_keep_refusal_in(cache_path(spool.dir(), KEEP_REFUSED_PREFIX, &key));
+        fetcher.remember_decoder_memory_in(cache_path(spool.dir(), DECODER_MEMORY_PREFIX, &key));
     }
     if config.transfer.direct_read {
         let cache = spool.map(|s| cache_path(s.dir(), LAYOUT_PREFIX, &key));

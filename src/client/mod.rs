@@ -8,6 +8,8 @@
 //! - [`command`]: every remote command line, and what its answers mean.
 //! - [`output`]: the bounded reader of a command's whole answer.
 //! - [`spare`]: channels opened ahead of the commands that will use them.
+//! - [`budget`]: how many streams decode at once, from what their decoders
+//!   hold.
 //!
 //! This module holds the [`Fetcher`], which a call and the `--async` worker
 //! share: [`Fetcher::transfer`] moves one file (one channel, decoded as it
@@ -32,6 +34,7 @@ use crate::ssh::{ExecChannel, OpenError, RemoteExit, Session};
 use crate::validate;
 use crate::wal::{WalKind, WalName};
 
+pub mod budget;
 pub mod command;
 pub mod connect;
 pub mod direct;
@@ -40,6 +43,7 @@ pub mod output;
 pub mod spare;
 pub mod window;
 
+use budget::StreamBudget;
 pub use connect::{connect, connect_with_retries, LayoutSource, CONNECT_ATTEMPTS};
 use direct::DirectRead;
 use spare::SpareChannels;
@@ -77,6 +81,10 @@ pub struct Fetcher {
     direct: Mutex<Option<DirectRead>>,
     /// Channels opened before their commands are known.
     spare: SpareChannels,
+    /// How many streams decode at once, from what their decoders hold.
+    budget: Arc<StreamBudget>,
+    /// Where the largest decoder seen is remembered for later calls.
+    decoder_memory: Mutex<Option<PathBuf>>,
 }
 
 /// The most transfers one session streams at once, whatever `-p` says:
@@ -120,6 +128,8 @@ impl Fetcher {
             system_identifier: Mutex::new(None),
             direct: Mutex::new(None),
             spare: SpareChannels::default(),
+            budget: Arc::default(),
+            decoder_memory: Mutex::new(None),
         }
     }
 
@@ -164,6 +174,17 @@ impl Fetcher {
         }
     }
 
+    /// Where the largest decoder memory seen on this Barman server is
+    /// remembered (in the spool): read now, so that a call need not wait
+    /// for its first stream's header to know how many streams decode at
+    /// once ([`budget`]); written when a stream's header shows more.
+    pub fn remember_decoder_memory_in(&self, path: PathBuf) {
+        if let Some(bytes) = budget::recall(&path) {
+            self.budget.observe(bytes);
+        }
+        *self.decoder_memory.lock().unwrap() = Some(path);
+    }
+
     /// Expects `count` commands soon, not yet known: channels for up to
     /// [`spare::MAX_SPARE`] of them are opened now, so that starting each
     /// costs one round trip instead of two ([`spare`]).
@@ -190,8 +211,17 @@ impl Fetcher {
         let dir = spool::parent_dir(dest);
         let (temp, file) = TempFile::create_in(dir, wal.as_str()).map_err(local)?;
         let output = file.try_clone().map_err(local)?;
+        let _slot = self.budget.slot(self.stream_limit()).await;
         let mut exec = self.exec(command).await.map_err(StreamEnd::Failed)?;
-        let mut sink = DecodeSink::start(output, rules);
+        let budget = Arc::clone(&self.budget);
+        let memory = self.decoder_memory.lock().unwrap().clone();
+        let mut sink = DecodeSink::start(output, rules, move |bytes| {
+            if budget.observe(bytes) {
+                if let Some(path) = memory {
+                    budget::remember(&path, bytes);
+                }
+            }
+        });
         let bound = self.session.target().io_timeout * TRANSFER_IO_TIMEOUTS;
         let streamed = tokio::time::timeout(bound, async {
             while let Some(chunk) = exec.next_stdout().await? {
