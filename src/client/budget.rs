@@ -110,22 +110,12 @@ impl StreamBudget {
 /// The decoder memory remembered at `path`, when written within
 /// [`super::connect::CACHE_LIFETIME`].
 pub fn recall(path: &Path) -> Option<u64> {
-    if !super::connect::is_fresh(path) {
-        return None;
-    }
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    super::connect::read_fresh(path)?.trim().parse().ok()
 }
 
-/// Remembers `bytes` at `path` for [`recall`] (temp name, then rename: a
-/// concurrent reader sees the old value or the new one).
+/// Remembers `bytes` at `path` for [`recall`].
 pub fn remember(path: &Path, bytes: u64) {
-    let Some(dir) = path.parent() else { return };
-    if let Ok((temp, mut file)) = crate::spool::TempFile::create_in(dir, "decoder") {
-        use std::io::Write;
-        if writeln!(file, "{bytes}").is_ok() {
-            let _ = temp.commit(&file, path);
-        }
-    }
+    super::connect::write_cache(path, &format!("{bytes}\n"));
 }
 
 #[cfg(test)]

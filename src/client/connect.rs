@@ -116,19 +116,37 @@ pub fn is_fresh(path: &Path) -> bool {
         .is_some_and(|age| age <= CACHE_LIFETIME)
 }
 
-pub fn load_cache(path: &Path) -> Option<DirectState> {
+/// The text of a cache file written within [`CACHE_LIFETIME`].
+pub fn read_fresh(path: &Path) -> Option<String> {
     if !is_fresh(path) {
         return None;
     }
-    let text = std::fs::read_to_string(path).ok()?;
+    std::fs::read_to_string(path).ok()
+}
+
+/// Writes a cache file under a temp name and renames it, so a concurrent
+/// reader sees the old entry or the new one; its time of writing is what
+/// [`is_fresh`] reads. A cache that cannot be written is only a lost
+/// saving.
+pub fn write_cache(path: &Path, text: &str) {
+    let Some(dir) = path.parent() else { return };
+    if let Ok((temp, mut file)) = crate::spool::TempFile::create_in(dir, "cache") {
+        use std::io::Write;
+        if file.write_all(text.as_bytes()).is_ok() {
+            let _ = temp.commit(&file, path);
+        }
+    }
+}
+
+pub fn load_cache(path: &Path) -> Option<DirectState> {
+    let text = read_fresh(path)?;
     if text.trim() == "restricted" {
         return Some(DirectState::Restricted);
     }
     ArchiveLayout::parse_show_server(&text).map(DirectState::Available)
 }
 
-/// Stores what was learnt; written under a temp name and renamed, so a
-/// concurrent reader sees the old entry or the new one.
+/// Stores the layout learnt (or that the account may not read it).
 pub fn store_cache(path: &Path, state: &DirectState) {
     let text = match state {
         DirectState::Restricted => "restricted\n".to_string(),
@@ -137,13 +155,7 @@ pub fn store_cache(path: &Path, state: &DirectState) {
             l.wals, l.incoming, l.streaming
         ),
     };
-    let Some(dir) = path.parent() else { return };
-    if let Ok((temp, mut file)) = crate::spool::TempFile::create_in(dir, "layout") {
-        use std::io::Write;
-        if file.write_all(text.as_bytes()).is_ok() {
-            let _ = temp.commit(&file, path);
-        }
-    }
+    write_cache(path, &text);
 }
 
 impl Fetcher {

@@ -62,10 +62,7 @@ impl Fetcher {
     fn remember_keep_refusal(&self) {
         let memory = self.keep_memory.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(path) = memory.as_ref() {
-            // Its time of writing is what counts: rewritten, not kept.
-            if let Err(e) = std::fs::write(path, "--keep-compression refused\n") {
-                tracing::debug!("cannot remember the refusal in {}: {e}", path.display());
-            }
+            super::connect::write_cache(path, "--keep-compression refused\n");
         }
     }
 

@@ -182,7 +182,10 @@ impl Fetcher {
         if let Some(bytes) = budget::recall(&path) {
             self.budget.observe(bytes);
         }
-        *self.decoder_memory.lock().unwrap() = Some(path);
+        *self
+            .decoder_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(path);
     }
 
     /// Expects `count` commands soon, not yet known: channels for up to
@@ -214,7 +217,11 @@ impl Fetcher {
         let _slot = self.budget.slot(self.stream_limit()).await;
         let mut exec = self.exec(command).await.map_err(StreamEnd::Failed)?;
         let budget = Arc::clone(&self.budget);
-        let memory = self.decoder_memory.lock().unwrap().clone();
+        let memory = self
+            .decoder_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut sink = DecodeSink::start(output, rules, move |bytes| {
             if budget.observe(bytes) {
                 if let Some(path) = memory {
